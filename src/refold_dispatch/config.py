@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     base_url: str = DEFAULT_BASE_URL
     trigger_event_path: str = "/api/v2/public/event/trigger"
     linked_account_path: str = "/api/v2/public/linked-account"
-    session_token_path: str = "/api/v2/public/session-token"
+    session_token_path: str = "/api/v2/public/session-token"  # noqa: S105 - a URL path, not a secret
 
     redis_url: str = Field(
         default=DEFAULT_REDIS_URL,
@@ -198,8 +198,7 @@ class Settings(BaseSettings):
         secret = self.api_key.get_secret_value().strip()
         if secret.lower() in PLACEHOLDER_KEYS or secret.lower().startswith(("<", "your")):
             raise ConfigurationError(
-                "REFOLD_API_KEY holds a placeholder, not a key: set it to a Refold test (tk…) or production "
-                "(pk…) key"
+                "REFOLD_API_KEY holds a placeholder, not a key: set it to a Refold test (tk…) or production (pk…) key"
             )
         return self.api_key
 

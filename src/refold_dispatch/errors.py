@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -69,10 +70,15 @@ class DeadLetteredError(RefoldDispatchError):
     """A job was moved to the dead-letter queue. Raised by the Celery task so Flower shows FAILURE."""
 
     def __init__(self, job_id: str, reason: str, detail: str = "") -> None:
-        super().__init__(f"job {job_id} dead-lettered ({reason}){': ' + detail if detail else ''}")
+        # args mirror the constructor so Celery can rebuild the exception from its JSON form (and match it
+        # against the task's ``throws``, which keeps an expected dead-lettering free of tracebacks).
+        super().__init__(job_id, reason, detail)
         self.job_id = job_id
         self.reason = reason
         self.detail = detail
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} dead-lettered ({self.reason}){': ' + self.detail if self.detail else ''}"
 
 
 class DeadLetterNotFoundError(RefoldDispatchError, KeyError):
@@ -160,7 +166,9 @@ class AuthError(PermanentError):
     """401 or 403: the API key is invalid, belongs to the other environment, or lacks access."""
 
 
-def parse_retry_after(value: str | None, *, now: float | None = None, cap: float = MAX_RETRY_AFTER_SECONDS) -> float | None:
+def parse_retry_after(
+    value: str | None, *, now: float | None = None, cap: float = MAX_RETRY_AFTER_SECONDS
+) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date), capped; None if absent/bad."""
     if value is None:
         return None
@@ -177,7 +185,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None, cap: float
         if when.tzinfo is None:
             return None
         seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds:  # NaN
+    if math.isnan(seconds):
         return None
     return min(max(seconds, 0.0), cap)
 
@@ -250,7 +258,11 @@ def classify_status(status: int) -> type[RefoldError]:
 
 
 def error_from_transport(
-    exc: httpx.HTTPError, *, method: str | None = None, path: str | None = None, idempotency_key: str | None = None
+    exc: httpx.HTTPError,
+    *,
+    method: str | None = None,
+    path: str | None = None,
+    idempotency_key: str | None = None,
 ) -> RefoldError:
     """Translate an httpx transport failure: timeouts and network errors are transient, the rest permanent."""
     transient = isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError)

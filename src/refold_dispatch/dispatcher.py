@@ -1,0 +1,305 @@
+"""The enqueue API web apps call: validate, claim the idempotency key, store and publish, in one round trip.
+
+``Dispatcher`` (threads) and ``AsyncDispatcher`` (asyncio) share job building (:mod:`refold_dispatch.jobs`),
+message building (:mod:`refold_dispatch.message`) and the ``enqueue`` script; they differ only in the Redis
+client. Neither imports Celery, so a web process pays nothing for the worker side.
+
+Guarantees: a :class:`Receipt` is returned only after Redis has stored the job and its message; invalid input
+raises :class:`~refold_dispatch.errors.ValidationError` before Redis is touched; the same idempotency key again
+returns the first job's receipt with ``duplicate=True`` (or raises
+:class:`~refold_dispatch.errors.IdempotencyConflictError` if the job differs); an unreachable Redis raises
+:class:`~refold_dispatch.errors.EnqueueError` within about ``2 x REFOLD_REDIS_SOCKET_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from refold_dispatch.config import Settings, get_settings
+from refold_dispatch.errors import EnqueueError, IdempotencyConflictError
+from refold_dispatch.jobs import Job, trigger_event_job, upsert_linked_account_job
+from refold_dispatch.message import build_message
+from refold_dispatch.scripts import AsyncScripts, ScriptArg, ScriptContext, Scripts
+
+# One retry on a dropped connection: the enqueue script is idempotent (same job id, same key), so a retry
+# after a timeout that did store the job answers "duplicate" with the same job id rather than storing twice.
+_REDIS_RETRIES = 1
+_NEW, _DUPLICATE, _CONFLICT = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Proof that a job is stored. ``duplicate`` is True when the key was already enqueued."""
+
+    job_id: str
+    idempotency_key: str
+    duplicate: bool = False
+
+
+def redis_location(url: str) -> str:
+    """host:port/db of a Redis URL, without the password, for error messages."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or '/0'}"
+
+
+def redis_client_options(settings: Settings) -> dict[str, Any]:
+    """Connection options for the web-request path: bounded waits, one retry, checked connections."""
+    return {
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        "retry": Retry(NoBackoff(), _REDIS_RETRIES),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        "health_check_interval": 30,
+    }
+
+
+def _enqueue_args(job: Job, settings: Settings) -> list[ScriptArg]:
+    head, tail = build_message(job, settings.queue, show_payload=settings.show_payload_in_flower)
+    return [
+        job.id,
+        job.idempotency_key,
+        job.fingerprint(),
+        job.kind,
+        job.linked_account_id,
+        job.to_json(),
+        head,
+        tail,
+    ]
+
+
+def _receipt(job: Job, result: Sequence[Any]) -> Receipt:
+    status, job_id = int(result[0]), result[1]
+    job_id = job_id.decode() if isinstance(job_id, bytes) else str(job_id)
+    if status == _CONFLICT:
+        raise IdempotencyConflictError(job.idempotency_key, job_id)
+    return Receipt(job_id=job_id, idempotency_key=job.idempotency_key, duplicate=status == _DUPLICATE)
+
+
+def _enqueue_error(settings: Settings, exc: Exception) -> EnqueueError:
+    return EnqueueError(
+        f"could not store the job in Redis at {redis_location(settings.redis_url)}: {type(exc).__name__}: {exc}; "
+        "nothing was enqueued"
+    )
+
+
+class _JobBuilding:
+    """Job building shared by both dispatchers: validation happens here, before any I/O."""
+
+    settings: Settings
+
+    def event_job(
+        self,
+        event: str,
+        linked_account_id: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        config_id: str | None = None,
+        slug: str | None = None,
+        instance_tag: str | None = None,
+    ) -> Job:
+        return trigger_event_job(
+            event,
+            linked_account_id,
+            payload,
+            idempotency_key=idempotency_key,
+            config_id=config_id,
+            slug=slug,
+            instance_tag=instance_tag,
+            max_payload_bytes=self.settings.max_payload_bytes,
+        )
+
+    def account_job(
+        self,
+        linked_account_id: str,
+        *,
+        name: str | None = None,
+        udf: dict[str, Any] | None = None,
+        your_app: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        return upsert_linked_account_job(
+            linked_account_id, name=name, udf=udf, your_app=your_app, idempotency_key=idempotency_key
+        )
+
+
+class Dispatcher(_JobBuilding):
+    """Enqueue jobs from synchronous code (Django, Flask, scripts). Safe to share across threads."""
+
+    def __init__(self, settings: Settings | None = None, *, redis_client: redis.Redis | None = None) -> None:
+        self.settings = settings or get_settings()
+        self._owns_client = redis_client is None
+        self.redis = redis_client or redis.Redis.from_url(
+            self.settings.redis_url, **redis_client_options(self.settings)
+        )
+        self.scripts = Scripts(self.redis, ScriptContext.from_settings(self.settings))
+
+    @classmethod
+    def from_env(cls) -> Dispatcher:
+        return cls(get_settings())
+
+    def trigger_event(
+        self,
+        event: str,
+        linked_account_id: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        config_id: str | None = None,
+        slug: str | None = None,
+        instance_tag: str | None = None,
+    ) -> Receipt:
+        """Enqueue ``POST /event/trigger`` for one linked account."""
+        job = self.event_job(
+            event,
+            linked_account_id,
+            payload,
+            idempotency_key=idempotency_key,
+            config_id=config_id,
+            slug=slug,
+            instance_tag=instance_tag,
+        )
+        return self.enqueue(job)
+
+    def upsert_linked_account(
+        self,
+        linked_account_id: str,
+        *,
+        name: str | None = None,
+        udf: dict[str, Any] | None = None,
+        your_app: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Receipt:
+        """Enqueue ``PUT /linked-account`` (create or update)."""
+        job = self.account_job(
+            linked_account_id, name=name, udf=udf, your_app=your_app, idempotency_key=idempotency_key
+        )
+        return self.enqueue(job)
+
+    def enqueue(self, job: Job) -> Receipt:
+        """Store and publish a built job (see :meth:`event_job` / :meth:`account_job`)."""
+        args = _enqueue_args(job, self.settings)
+        try:
+            result = self.scripts.run("enqueue", args)
+        except redis.RedisError as exc:
+            raise _enqueue_error(self.settings, exc) from exc
+        return _receipt(job, result)
+
+    def enqueue_many(self, jobs: Sequence[Job]) -> list[Receipt]:
+        """Store and publish many jobs in one round trip, with the same per-job guarantees.
+
+        Each job is claimed and stored atomically on its own; the batch is not all-or-nothing. A conflicting
+        key raises :class:`IdempotencyConflictError` after the other jobs of the batch are stored.
+        """
+        if not jobs:
+            return []
+        all_args = [_enqueue_args(job, self.settings) for job in jobs]
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for args in all_args:
+                    self.scripts.run("enqueue", args, pipeline=pipe)
+                results = pipe.execute()
+        except redis.RedisError as exc:
+            raise _enqueue_error(self.settings, exc) from exc
+        return [_receipt(job, result) for job, result in zip(jobs, results, strict=True)]
+
+    def close(self) -> None:
+        if self._owns_client:
+            self.redis.close()
+
+    def __enter__(self) -> Dispatcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncDispatcher(_JobBuilding):
+    """Enqueue jobs from asyncio code (FastAPI, Starlette). One instance per event loop."""
+
+    def __init__(self, settings: Settings | None = None, *, redis_client: redis.asyncio.Redis | None = None) -> None:
+        self.settings = settings or get_settings()
+        self._owns_client = redis_client is None
+        self.redis = redis_client or redis.asyncio.Redis.from_url(
+            self.settings.redis_url, **redis_client_options(self.settings)
+        )
+        self.scripts = AsyncScripts(self.redis, ScriptContext.from_settings(self.settings))
+
+    @classmethod
+    def from_env(cls) -> AsyncDispatcher:
+        return cls(get_settings())
+
+    async def trigger_event(
+        self,
+        event: str,
+        linked_account_id: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        config_id: str | None = None,
+        slug: str | None = None,
+        instance_tag: str | None = None,
+    ) -> Receipt:
+        job = self.event_job(
+            event,
+            linked_account_id,
+            payload,
+            idempotency_key=idempotency_key,
+            config_id=config_id,
+            slug=slug,
+            instance_tag=instance_tag,
+        )
+        return await self.enqueue(job)
+
+    async def upsert_linked_account(
+        self,
+        linked_account_id: str,
+        *,
+        name: str | None = None,
+        udf: dict[str, Any] | None = None,
+        your_app: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Receipt:
+        job = self.account_job(
+            linked_account_id, name=name, udf=udf, your_app=your_app, idempotency_key=idempotency_key
+        )
+        return await self.enqueue(job)
+
+    async def enqueue(self, job: Job) -> Receipt:
+        args = _enqueue_args(job, self.settings)
+        try:
+            result = await self.scripts.run("enqueue", args)
+        except redis.RedisError as exc:
+            raise _enqueue_error(self.settings, exc) from exc
+        return _receipt(job, result)
+
+    async def enqueue_many(self, jobs: Sequence[Job]) -> list[Receipt]:
+        if not jobs:
+            return []
+        all_args = [_enqueue_args(job, self.settings) for job in jobs]
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for args in all_args:
+                    await self.scripts.run("enqueue", args, pipeline=pipe)
+                results = await pipe.execute()
+        except redis.RedisError as exc:
+            raise _enqueue_error(self.settings, exc) from exc
+        return [_receipt(job, result) for job, result in zip(jobs, results, strict=True)]
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self.redis.aclose()
+
+    async def __aenter__(self) -> AsyncDispatcher:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -1,0 +1,23 @@
+-- Record a delivery. Always recorded, even when the lease was lost: the request did reach Refold.
+-- ARGV[8] job id   [9] lease token   [10] HTTP status   [11] request id   [12] history entry JSON
+local id, token = ARGV[8], ARGV[9]
+local j = job_key(id)
+local f = redis.call('HMGET', j, 'kind', 'acct', 'seq', 'state')
+if not f[1] then return 0 end
+redis.call('HSET', j, 'state', 'delivered', 'delivered_at', NOW, 'status', ARGV[10], 'request_id', ARGV[11])
+push_history(id, ARGV[12])
+touch(id)
+release_lease(id, token)
+redis.call('ZREM', DELAYED, id)
+leave(id, f[2])
+if f[1] == 'upsert' then
+  release_lock(id, f[2])
+  local seq = tonumber(f[3]) or 0
+  local ak = acct_key(f[2])
+  if seq > (tonumber(redis.call('HGET', ak, 'delivered_seq')) or 0) then
+    redis.call('HSET', ak, 'delivered_seq', seq)
+    redis.call('EXPIRE', ak, TTL)
+  end
+  release_waiters(f[2], tonumber(redis.call('HGET', ak, 'delivered_seq')) or 0)
+end
+return 1

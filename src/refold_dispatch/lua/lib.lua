@@ -1,0 +1,200 @@
+-- Shared definitions, prepended to every refold-dispatch script (see scripts.py).
+--
+-- Every script takes the same seven leading arguments, then its own from ARGV[8] on:
+--   ARGV[1] key prefix            ARGV[2] now in ms ('' = the Redis server's clock, shared by all workers)
+--   ARGV[3] job/idempotency TTL s ARGV[4] Celery queue (a kombu list)   ARGV[5] per-account queue share
+--   ARGV[6] dead-letter retention ms                                   ARGV[7] dead-letter max entries
+-- Key names are documented in keys.py. Scripts touch keys derived from ids in their arguments, so they
+-- need a single Redis (not Cluster); that is what Celery's Redis broker needs too.
+local P = ARGV[1]
+local NOW
+if ARGV[2] ~= nil and ARGV[2] ~= '' then
+  NOW = tonumber(ARGV[2])
+else
+  local t = redis.call('TIME')
+  NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local TTL = tonumber(ARGV[3])
+local QUEUE = ARGV[4]
+local SHARE = tonumber(ARGV[5])
+local DLQ_RETENTION_MS = tonumber(ARGV[6])
+local DLQ_MAX = tonumber(ARGV[7])
+-- A job that has sat in the Celery queue this long no longer counts against its account's share: it only
+-- weakens fairness, never loses work, and it heals the count if a message ever went missing.
+local STALE_ACTIVE_MS = 600000
+local HISTORY_LENGTH = 10
+-- A parked event re-checks its dependency at least this often, so nothing can wait forever.
+local WATCHDOG_MS = 300000
+
+local DELAYED = P .. ':delayed'
+local BACKLOGS = P .. ':backlogs'
+local DLQ_INDEX = P .. ':dlq'
+local DLQ_ENTRIES = P .. ':dlq:entries'
+
+local function job_key(id) return P .. ':job:' .. id end
+local function hist_key(id) return P .. ':job:' .. id .. ':hist' end
+local function lease_key(id) return P .. ':lease:' .. id end
+local function idem_key(k) return P .. ':idem:' .. k end
+local function acct_key(a) return P .. ':acct:' .. a end
+local function lock_key(a) return P .. ':acct:' .. a .. ':lock' end
+local function waiting_key(a) return P .. ':acct:' .. a .. ':waiting' end
+local function active_key(a) return P .. ':acct:' .. a .. ':active' end
+local function backlog_key(a) return P .. ':acct:' .. a .. ':backlog' end
+
+local FINAL = { delivered = true, superseded = true, dead = true }
+
+local function touch(id)
+  redis.call('EXPIRE', job_key(id), TTL)
+  redis.call('EXPIRE', hist_key(id), TTL)
+end
+
+local function push_history(id, entry)
+  if entry ~= nil and entry ~= '' then
+    redis.call('RPUSH', hist_key(id), entry)
+    redis.call('LTRIM', hist_key(id), -HISTORY_LENGTH, -1)
+  end
+end
+
+-- Put the job's Celery message on the queue. The message was built once at enqueue; only its delivery tag is
+-- new each time (kombu tracks unacked messages by tag), so every publish of a job keeps the job's task id.
+local function publish(id)
+  local f = redis.call('HMGET', job_key(id), 'msg_head', 'msg_tail', 'acct')
+  if not f[1] then return false end
+  local n = redis.call('HINCRBY', job_key(id), 'pubs', 1)
+  redis.call('LPUSH', QUEUE, f[1] .. id .. '.' .. n .. f[2])
+  redis.call('ZADD', active_key(f[3]), NOW, id)
+  redis.call('EXPIRE', active_key(f[3]), TTL)
+  redis.call('HSET', job_key(id), 'state', 'queued', 'queued_at', NOW)
+  return true
+end
+
+-- Move jobs from the account's backlog into the queue while the account is under its share.
+local function refill(acct)
+  local ak = active_key(acct)
+  local bk = backlog_key(acct)
+  redis.call('ZREMRANGEBYSCORE', ak, '-inf', NOW - STALE_ACTIVE_MS)
+  while redis.call('ZCARD', ak) < SHARE do
+    local next_id = redis.call('LPOP', bk)
+    if not next_id then break end
+    local st = redis.call('HGET', job_key(next_id), 'state')
+    if st == 'backlog' then publish(next_id) end
+  end
+  if redis.call('LLEN', bk) == 0 then
+    redis.call('ZREM', BACKLOGS, acct)
+  else
+    redis.call('ZADD', BACKLOGS, NOW, acct)
+  end
+end
+
+-- The fairness gate: publish now, or hold the job in its account's backlog while the account has its share
+-- of the queue already.
+local function admit(id)
+  local acct = redis.call('HGET', job_key(id), 'acct')
+  if not acct then return false end
+  local ak = active_key(acct)
+  redis.call('ZREMRANGEBYSCORE', ak, '-inf', NOW - STALE_ACTIVE_MS)
+  if redis.call('ZCARD', ak) < SHARE and redis.call('LLEN', backlog_key(acct)) == 0 then
+    return publish(id)
+  end
+  redis.call('RPUSH', backlog_key(acct), id)
+  redis.call('EXPIRE', backlog_key(acct), TTL)
+  redis.call('ZADD', BACKLOGS, NOW, acct)
+  redis.call('HSET', job_key(id), 'state', 'backlog')
+  refill(acct)
+  return true
+end
+
+-- The job no longer holds a queue slot: the next job of its account's backlog moves up.
+local function leave(id, acct)
+  if redis.call('ZREM', active_key(acct), id) == 1 or redis.call('EXISTS', backlog_key(acct)) == 1 then
+    refill(acct)
+  end
+end
+
+local function release_lease(id, token)
+  if token ~= nil and token ~= '' and redis.call('GET', lease_key(id)) == token then
+    redis.call('DEL', lease_key(id))
+  end
+end
+
+local function release_lock(id, acct)
+  if redis.call('GET', lock_key(acct)) == id then
+    redis.call('DEL', lock_key(acct))
+  end
+end
+
+local function json_or_null(text)
+  if text == nil or text == false or text == '' then return 'null' end
+  return text
+end
+
+local function trim_dead_letters()
+  local old = redis.call('ZRANGEBYSCORE', DLQ_INDEX, '-inf', NOW - DLQ_RETENTION_MS, 'LIMIT', 0, 200)
+  for _, dead_id in ipairs(old) do
+    redis.call('ZREM', DLQ_INDEX, dead_id)
+    redis.call('HDEL', DLQ_ENTRIES, dead_id)
+  end
+  local excess = redis.call('ZCARD', DLQ_INDEX) - DLQ_MAX
+  if excess > 0 then
+    local oldest = redis.call('ZRANGE', DLQ_INDEX, 0, excess - 1)
+    for _, dead_id in ipairs(oldest) do
+      redis.call('ZREM', DLQ_INDEX, dead_id)
+      redis.call('HDEL', DLQ_ENTRIES, dead_id)
+    end
+  end
+end
+
+local function store_dead_letter(id, entry)
+  redis.call('HSET', DLQ_ENTRIES, id, entry)
+  redis.call('ZADD', DLQ_INDEX, NOW, id)
+  trim_dead_letters()
+end
+
+-- Move a job to the dead-letter queue with its evidence; an upsert takes the events waiting on it along.
+-- The entry is assembled as text so the job's own JSON (the payload) is kept byte for byte.
+local dead_letter
+dead_letter = function(id, reason, error_json, detail)
+  local j = job_key(id)
+  local f = redis.call('HMGET', j, 'data', 'kind', 'acct', 'key', 'attempts', 'created', 'seq', 'state')
+  if not f[1] or FINAL[f[8]] then return false end
+  local hist = redis.call('LRANGE', hist_key(id), 0, -1)
+  local entry = '{"id":' .. cjson.encode(id)
+    .. ',"reason":' .. cjson.encode(reason)
+    .. ',"detail":' .. cjson.encode(detail or '')
+    .. ',"kind":' .. cjson.encode(f[2])
+    .. ',"linked_account_id":' .. cjson.encode(f[3])
+    .. ',"idempotency_key":' .. cjson.encode(f[4])
+    .. ',"attempts":' .. (tonumber(f[5]) or 0)
+    .. ',"created_at_ms":' .. (tonumber(f[6]) or 0)
+    .. ',"dead_at_ms":' .. NOW
+    .. ',"last_error":' .. json_or_null(error_json)
+    .. ',"history":[' .. table.concat(hist, ',') .. ']'
+    .. ',"job":' .. f[1] .. '}'
+  store_dead_letter(id, entry)
+  redis.call('HSET', j, 'state', 'dead', 'dead_reason', reason, 'dead_at', NOW)
+  if error_json ~= nil and error_json ~= '' then redis.call('HSET', j, 'last_error', error_json) end
+  touch(id)
+  redis.call('ZREM', DELAYED, id)
+  redis.call('ZREM', waiting_key(f[3]), id)
+  leave(id, f[3])
+  if f[2] == 'upsert' then
+    release_lock(id, f[3])
+    local seq = tonumber(f[7]) or 0
+    local waiters = redis.call('ZRANGEBYSCORE', waiting_key(f[3]), seq, seq)
+    for _, waiter in ipairs(waiters) do
+      dead_letter(waiter, 'dependency', error_json, 'upsert ' .. id .. ' of its account was dead-lettered')
+    end
+  end
+  return true
+end
+
+-- Events parked behind an upsert up to sequence `seq` may go now.
+local function release_waiters(acct, seq)
+  local wk = waiting_key(acct)
+  local ready = redis.call('ZRANGEBYSCORE', wk, '-inf', seq)
+  for _, waiter in ipairs(ready) do
+    redis.call('ZREM', wk, waiter)
+    redis.call('ZREM', DELAYED, waiter)
+    admit(waiter)
+  end
+end

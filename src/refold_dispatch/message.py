@@ -1,0 +1,117 @@
+"""The Celery message for a job, built once at enqueue without importing Celery.
+
+The message follows Celery's task protocol 2 in kombu's Redis envelope, exactly what ``apply_async`` would
+LPUSH, so ``celery worker`` consumes it as any task. It carries only the job id: the job itself lives in Redis,
+so a message can be replayed, deferred and redelivered without copying the payload. ``argsrepr`` and
+``kwargsrepr`` (what Flower shows) name the event, account, key and payload size, never the payload unless
+``REFOLD_SHOW_PAYLOAD_IN_FLOWER`` asks for it, and never the API key, which no message contains.
+
+Only the delivery tag changes between publishes (kombu tracks unacked messages by it), so the message is
+stored as a head and a tail around the tag, and the Lua scripts splice a fresh tag in.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+from functools import cache
+
+from refold_dispatch.jobs import Job, TriggerEventParams
+
+TRIGGER_EVENT_TASK = "refold.trigger_event"
+UPSERT_LINKED_ACCOUNT_TASK = "refold.upsert_linked_account"
+TASK_FOR_KIND = {"event": TRIGGER_EVENT_TASK, "upsert": UPSERT_LINKED_ACCOUNT_TASK}
+
+# Flower shows argsrepr/kwargsrepr verbatim; a shown payload is cut here so one job cannot flood the UI.
+MAX_SHOWN_PAYLOAD_CHARS = 1024
+_TAG_PLACEHOLDER = "@@refold-delivery-tag@@"
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+@cache
+def _origin() -> str:
+    return f"refold-dispatch@{socket.gethostname()}:{os.getpid()}"
+
+
+def describe(job: Job, *, show_payload: bool = False) -> dict[str, object]:
+    """What Flower and logs may show about a job."""
+    params = job.params
+    shown: dict[str, object] = {"account": params.linked_account_id, "idempotency_key": job.idempotency_key}
+    if isinstance(params, TriggerEventParams):
+        shown["event"] = params.event
+        shown["payload_bytes"] = job.payload_size()
+        if show_payload:
+            shown["payload"] = json.dumps(params.payload)[:MAX_SHOWN_PAYLOAD_CHARS]
+    else:
+        shown["name"] = params.name
+        shown["udf_keys"] = sorted(params.udf or {})
+    return shown
+
+
+def build_message(job: Job, queue: str, *, show_payload: bool = False) -> tuple[str, str]:
+    """The job's Celery message as (head, tail): ``head + delivery_tag + tail`` is the message to LPUSH."""
+    text = task_message(
+        TASK_FOR_KIND[job.kind],
+        job.id,
+        [job.id],
+        exchange="",
+        routing_key=queue,
+        kwargs_repr=repr(describe(job, show_payload=show_payload)),
+        delivery_tag=_TAG_PLACEHOLDER,
+    )
+    head, _, tail = text.rpartition(_TAG_PLACEHOLDER)
+    return head, tail
+
+
+def task_message(
+    task: str,
+    task_id: str,
+    args: list[object],
+    *,
+    exchange: str,
+    routing_key: str,
+    kwargs_repr: str = "{}",
+    delivery_tag: str,
+) -> str:
+    """A Celery protocol-2 task message in kombu's Redis envelope (what ``apply_async`` would LPUSH)."""
+    body = json.dumps([args, {}, _EMBED]).encode()
+    envelope = {
+        "body": base64.b64encode(body).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py",
+            "task": task,
+            "id": task_id,
+            "shadow": None,
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": 0,
+            "timelimit": [None, None],
+            "root_id": task_id,
+            "parent_id": None,
+            "argsrepr": repr(tuple(args)),
+            "kwargsrepr": kwargs_repr,
+            "origin": _origin(),
+            "ignore_result": True,
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
+        },
+        # The delivery tag must stay the very last value so the split below finds our placeholder, not text
+        # that a caller put in an id.
+        "properties": {
+            "correlation_id": task_id,
+            "reply_to": "",
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": exchange, "routing_key": routing_key},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": delivery_tag,
+        },
+    }
+    return json.dumps(envelope)
