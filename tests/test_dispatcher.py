@@ -1,0 +1,206 @@
+"""The enqueue API on fakeredis: validation before I/O, one atomic claim, duplicates, conflicts, Redis down."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import fakeredis
+import pytest
+import redis
+
+from refold_dispatch import jobs
+from refold_dispatch.dispatcher import AsyncDispatcher, Dispatcher
+from refold_dispatch.errors import EnqueueError, IdempotencyConflictError, ValidationError
+from refold_dispatch.message import TRIGGER_EVENT_TASK, UPSERT_LINKED_ACCOUNT_TASK
+from tests.conftest import make_settings
+from tests.support import TEST_API_KEY
+
+
+@pytest.fixture
+def dispatcher(fake_redis: fakeredis.FakeRedis) -> Dispatcher:
+    return Dispatcher(make_settings(), redis_client=fake_redis)
+
+
+def queued_messages(client: fakeredis.FakeRedis, queue: str = "refold") -> list[dict[str, object]]:
+    return [json.loads(raw) for raw in client.lrange(queue, 0, -1)]
+
+
+def test_trigger_event_stores_job_and_publishes_celery_message(
+    dispatcher: Dispatcher, fake_redis: fakeredis.FakeRedis
+) -> None:
+    receipt = dispatcher.trigger_event("order.created", "acme", {"secret_field": 1}, idempotency_key="key-1")
+
+    assert receipt.idempotency_key == "key-1"
+    assert receipt.duplicate is False
+    [message] = queued_messages(fake_redis)
+    headers = message["headers"]
+    assert isinstance(headers, dict)
+    assert headers["task"] == TRIGGER_EVENT_TASK
+    assert headers["id"] == receipt.job_id
+    body = json.loads(base64.b64decode(str(message["body"])))
+    assert body[0] == [receipt.job_id]  # the message carries the job id only
+    assert "secret_field" not in headers["kwargsrepr"]  # Flower sees the payload size, not the payload
+    assert "payload_bytes" in headers["kwargsrepr"]
+    record = fake_redis.hgetall(f"refold:job:{receipt.job_id}")
+    assert record[b"state"] == b"queued"
+    assert json.loads(record[b"data"])["params"]["payload"] == {"secret_field": 1}
+    assert fake_redis.get("refold:idem:key-1") == receipt.job_id.encode()
+    assert fake_redis.ttl("refold:idem:key-1") > 0
+    assert fake_redis.ttl(f"refold:job:{receipt.job_id}") > 0
+
+
+def test_upsert_uses_its_own_task(dispatcher: Dispatcher, fake_redis: fakeredis.FakeRedis) -> None:
+    receipt = dispatcher.upsert_linked_account("acme", name="Acme", udf={"plan": "pro", "seats": 3})
+
+    [message] = queued_messages(fake_redis)
+    assert message["headers"]["task"] == UPSERT_LINKED_ACCOUNT_TASK  # type: ignore[index]
+    data = json.loads(fake_redis.hget(f"refold:job:{receipt.job_id}", "data"))  # type: ignore[arg-type]
+    assert data["params"]["udf"] == {"plan": "pro", "seats": "3"}
+
+
+def test_same_key_same_job_is_a_duplicate_and_enqueues_nothing(
+    dispatcher: Dispatcher, fake_redis: fakeredis.FakeRedis
+) -> None:
+    first = dispatcher.trigger_event("order.created", "acme", {"n": 1}, idempotency_key="k")
+    second = dispatcher.trigger_event("order.created", "acme", {"n": 1}, idempotency_key="k")
+
+    assert second.duplicate is True
+    assert second.job_id == first.job_id
+    assert fake_redis.llen("refold") == 1
+
+
+def test_same_key_different_job_is_a_conflict(dispatcher: Dispatcher, fake_redis: fakeredis.FakeRedis) -> None:
+    first = dispatcher.trigger_event("order.created", "acme", {"n": 1}, idempotency_key="k")
+
+    with pytest.raises(IdempotencyConflictError) as caught:
+        dispatcher.trigger_event("order.created", "acme", {"n": 2}, idempotency_key="k")
+
+    assert caught.value.existing_job_id == first.job_id
+    assert fake_redis.llen("refold") == 1
+
+
+def test_minted_keys_are_unique(dispatcher: Dispatcher) -> None:
+    keys = {dispatcher.trigger_event("order.created", "acme").idempotency_key for _ in range(20)}
+    assert len(keys) == 20
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda d: d.trigger_event("", "acme"), "event"),
+        (lambda d: d.trigger_event("order.created", " acme"), "whitespace"),
+        (lambda d: d.trigger_event("order.created", "acme", payload=[1, 2]), "JSON object"),
+        (lambda d: d.trigger_event("order.created", "acme", payload={"x": float("nan")}), "JSON"),
+        (lambda d: d.trigger_event("order.created", "acme", payload={"x": object()}), "not JSON"),
+        (lambda d: d.trigger_event("order.created", "acme", payload={"big": "x" * 300_000}), "limit"),
+        (lambda d: d.upsert_linked_account("acme", udf={"a": {"nested": 1}}), "udf"),
+        (lambda d: d.upsert_linked_account("acme", your_app={}), "your_app"),
+        (lambda d: d.trigger_event("order.created", "acme", idempotency_key="bad\nkey"), "control character"),
+    ],
+)
+def test_invalid_input_raises_and_touches_nothing(
+    dispatcher: Dispatcher, fake_redis: fakeredis.FakeRedis, call: object, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        call(dispatcher)  # type: ignore[operator]
+    assert fake_redis.keys("*") == []
+
+
+def test_payload_limit_is_configurable(fake_redis: fakeredis.FakeRedis) -> None:
+    dispatcher = Dispatcher(make_settings(max_payload_bytes=64), redis_client=fake_redis)
+    dispatcher.trigger_event("e", "acme", {"x": "y" * 10})
+    with pytest.raises(ValidationError, match="limit is 64"):
+        dispatcher.trigger_event("e", "acme", {"x": "y" * 100})
+
+
+def test_unreachable_redis_fails_fast_with_a_clear_error() -> None:
+    settings = make_settings(redis_url="redis://127.0.0.1:1/0", redis_socket_timeout=0.5, redis_connect_timeout=0.5)
+    dispatcher = Dispatcher(settings)
+    started = time.monotonic()
+    with pytest.raises(EnqueueError, match=r"127\.0\.0\.1:1/0.*nothing was enqueued"):
+        dispatcher.trigger_event("order.created", "acme")
+    assert time.monotonic() - started < 5  # bounded: a generous ceiling, not a benchmark
+    dispatcher.close()
+
+
+def test_enqueue_error_hides_the_redis_password() -> None:
+    settings = make_settings(redis_url="redis://:hunter2@127.0.0.1:1/0", redis_connect_timeout=0.2)
+    with Dispatcher(settings) as dispatcher, pytest.raises(EnqueueError) as caught:
+        dispatcher.trigger_event("order.created", "acme")
+    assert "hunter2" not in str(caught.value)
+
+
+def test_enqueue_many_is_one_batch_with_per_job_dedupe(dispatcher: Dispatcher, fake_redis: fakeredis.FakeRedis) -> None:
+    batch = [dispatcher.event_job("order.created", f"acct-{n % 3}", {"n": n}) for n in range(10)]
+    batch.append(batch[0])  # the same job twice in one batch
+
+    receipts = dispatcher.enqueue_many(batch)
+
+    assert [r.duplicate for r in receipts] == [False] * 10 + [True]
+    assert receipts[-1].job_id == receipts[0].job_id
+    assert fake_redis.llen("refold") == 10
+    assert dispatcher.enqueue_many([]) == []
+
+
+def test_event_after_upsert_records_its_dependency(dispatcher: Dispatcher, fake_redis: fakeredis.FakeRedis) -> None:
+    before = dispatcher.trigger_event("e", "acme")
+    upsert = dispatcher.upsert_linked_account("acme", name="Acme")
+    after = dispatcher.trigger_event("e", "acme")
+
+    assert fake_redis.hget(f"refold:job:{before.job_id}", "after") is None
+    assert fake_redis.hget(f"refold:job:{after.job_id}", "after_job") == upsert.job_id.encode()
+    assert fake_redis.hget(f"refold:job:{upsert.job_id}", "seq") == b"1"
+
+
+def test_fair_share_holds_a_noisy_account_back(fake_redis: fakeredis.FakeRedis) -> None:
+    dispatcher = Dispatcher(make_settings(account_queue_share=3), redis_client=fake_redis)
+    for n in range(10):
+        dispatcher.trigger_event("e", "noisy", {"n": n})
+    quiet = dispatcher.trigger_event("e", "quiet")
+
+    assert fake_redis.llen("refold") == 4  # three of the noisy account, then the quiet one
+    assert fake_redis.llen("refold:acct:noisy:backlog") == 7
+    newest = json.loads(fake_redis.lindex("refold", 0))  # type: ignore[arg-type]
+    assert newest["headers"]["id"] == quiet.job_id
+
+
+def test_messages_and_records_never_hold_the_api_key(dispatcher: Dispatcher, fake_redis: fakeredis.FakeRedis) -> None:
+    dispatcher.trigger_event("order.created", "acme", {"n": 1})
+    dispatcher.upsert_linked_account("acme", name="x")
+    for key in fake_redis.keys("*"):
+        dump = repr(fake_redis.dump(key))
+        assert TEST_API_KEY not in dump
+
+
+def test_jobs_round_trip_through_json() -> None:
+    job = jobs.trigger_event_job("e", "acme", {"a": [1, 2]}, config_id="c1", slug="s")
+    assert jobs.Job.from_json(job.to_json()) == job
+    assert job.fingerprint() == jobs.Job.from_json(job.to_json()).fingerprint()
+    with pytest.raises(ValidationError):
+        jobs.Job.from_json("{}")
+
+
+async def test_async_dispatcher_shares_the_same_guarantees(redis_server: object) -> None:
+    fake = fakeredis.FakeAsyncRedis()
+    async with AsyncDispatcher(make_settings(), redis_client=fake) as dispatcher:
+        first = await dispatcher.trigger_event("order.created", "acme", {"n": 1}, idempotency_key="k")
+        again = await dispatcher.trigger_event("order.created", "acme", {"n": 1}, idempotency_key="k")
+        with pytest.raises(IdempotencyConflictError):
+            await dispatcher.trigger_event("order.created", "acme", {"n": 2}, idempotency_key="k")
+        batch = await dispatcher.enqueue_many([dispatcher.account_job("acme"), dispatcher.event_job("e", "acme")])
+    assert again.duplicate and again.job_id == first.job_id
+    assert [r.duplicate for r in batch] == [False, False]
+    assert await fake.llen("refold") == 3
+    await fake.aclose()
+
+
+def test_redis_errors_other_than_connection_are_enqueue_errors(fake_redis: fakeredis.FakeRedis) -> None:
+    class Broken(fakeredis.FakeRedis):
+        def evalsha(self, *args: object, **kwargs: object) -> object:
+            raise redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'")
+
+    dispatcher = Dispatcher(make_settings(), redis_client=Broken())
+    with pytest.raises(EnqueueError, match="OOM"):
+        dispatcher.trigger_event("e", "acme")
