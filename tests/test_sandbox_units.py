@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-import refold_dispatch.sandbox as sandbox
+from refold_dispatch import sandbox
 from refold_dispatch.sandbox import FaultConfig, Gcra, SandboxConfig, max_in_window
 from refold_dispatch.sandbox.__main__ import build_parser, config_from_args
 from refold_dispatch.sandbox.faults import FaultInjector
 from refold_dispatch.sandbox.ratelimit import NANOS_PER_SECOND, Admission
-from refold_dispatch.sandbox.recorder import Recorder, RequestRecord
+from refold_dispatch.sandbox.recorder import Outcome, Recorder, RequestRecord
 from refold_dispatch.sandbox.runtime import SandboxRuntime
 from refold_dispatch.sandbox.state import AccountStore, TokenStore, iso_timestamp
 
@@ -212,14 +212,14 @@ def test_fault_config_rejects_invalid_values(changes: dict[str, object]) -> None
 # --- recorder ---------------------------------------------------------------------------------------------
 
 
-def _record(time: float, outcome: str = "delivered", key: str | None = None, path: str = "/api/x") -> RequestRecord:
+def _record(time: float, outcome: Outcome = "delivered", key: str | None = None, path: str = "/api/x") -> RequestRecord:
     return RequestRecord(
         seq=0,
         time=time,
         method="POST",
         path=path,
         status=200 if outcome in {"delivered", "ok"} else 500,
-        outcome=outcome,  # type: ignore[arg-type]
+        outcome=outcome,
         request_id="req_test",
         key_valid=True,
         idempotency_key=key,

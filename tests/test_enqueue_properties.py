@@ -1,0 +1,71 @@
+"""Property: any input to the enqueue API either stores one complete job or raises a clear ValidationError,
+and nothing is ever half-written to Redis."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import fakeredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from refold_dispatch.dispatcher import Dispatcher
+from refold_dispatch.errors import ValidationError
+from refold_dispatch.jobs import Job
+from tests.conftest import make_settings
+
+json_leaf = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+anything = st.recursive(
+    json_leaf | st.binary(max_size=5) | st.builds(object) | st.sets(st.integers(), max_size=2),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=5) | st.integers(), inner, max_size=3)
+        | st.tuples(inner)
+    ),
+    max_leaves=8,
+)
+ids = st.text(max_size=12) | st.sampled_from(["acme", "acct-1", "..", " padded", "tab\there", "ünïcode"]) | anything
+
+
+def snapshot(client: fakeredis.FakeRedis) -> dict[bytes, Any]:
+    return {key: client.dump(key) for key in client.keys("*")}
+
+
+def assert_complete_job(client: fakeredis.FakeRedis, job_id: str) -> None:
+    record = client.hgetall(f"refold:job:{job_id}")
+    for field in (b"data", b"fp", b"kind", b"acct", b"key", b"msg_head", b"msg_tail", b"state"):
+        assert field in record, field
+    job = Job.from_json(record[b"data"])
+    assert job.id == job_id
+    assert client.get(f"refold:idem:{job.idempotency_key}") == job_id.encode()
+    json.loads(record[b"msg_head"] + b"x" + record[b"msg_tail"])  # the message is whole JSON
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(event=ids, account=ids, payload=anything | st.dictionaries(st.text(max_size=8), json_leaf), key=st.none() | ids)
+def test_trigger_event_stores_a_whole_job_or_nothing(event: Any, account: Any, payload: Any, key: Any) -> None:
+    client = fakeredis.FakeRedis()
+    dispatcher = Dispatcher(make_settings(), redis_client=client)
+    try:
+        receipt = dispatcher.trigger_event(event, account, payload, idempotency_key=key)
+    except ValidationError as exc:
+        assert str(exc)  # a clear message, never empty
+        assert snapshot(client) == {}
+        return
+    assert_complete_job(client, receipt.job_id)
+    assert client.llen("refold") == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(account=ids, name=st.none() | anything, udf=st.none() | anything, your_app=st.none() | anything)
+def test_upsert_stores_a_whole_job_or_nothing(account: Any, name: Any, udf: Any, your_app: Any) -> None:
+    client = fakeredis.FakeRedis()
+    dispatcher = Dispatcher(make_settings(), redis_client=client)
+    try:
+        receipt = dispatcher.upsert_linked_account(account, name=name, udf=udf, your_app=your_app)
+    except ValidationError as exc:
+        assert str(exc)
+        assert snapshot(client) == {}
+        return
+    assert_complete_job(client, receipt.job_id)
