@@ -50,7 +50,8 @@ def test_trigger_event_stores_a_whole_job_or_nothing(event: Any, account: Any, p
     try:
         receipt = dispatcher.trigger_event(event, account, payload, idempotency_key=key)
     except ValidationError as exc:
-        assert str(exc)  # a clear message, never empty
+        message = str(exc)
+        assert message  # a clear message, never empty
         assert snapshot(client) == {}
         return
     assert_complete_job(client, receipt.job_id)
@@ -65,7 +66,8 @@ def test_upsert_stores_a_whole_job_or_nothing(account: Any, name: Any, udf: Any,
     try:
         receipt = dispatcher.upsert_linked_account(account, name=name, udf=udf, your_app=your_app)
     except ValidationError as exc:
-        assert str(exc)
+        message = str(exc)
+        assert message
         assert snapshot(client) == {}
         return
     assert_complete_job(client, receipt.job_id)

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from refold_dispatch.config import Settings
-from refold_dispatch.worker import check_redis_durability, celery_config
+from refold_dispatch.worker import celery_config, check_redis_durability
 from tests.conftest import make_settings
 from tests.support import ROOT, RedisServer, worker_env
 
@@ -39,7 +39,10 @@ def test_visibility_timeout_must_cover_the_time_limit() -> None:
 
 
 def test_importing_the_worker_reads_no_settings() -> None:
-    code = "import refold_dispatch.worker, refold_dispatch.tasks, refold_dispatch.config as c; print(c.get_settings.cache_info().currsize)"
+    code = (
+        "import refold_dispatch.worker, refold_dispatch.tasks, refold_dispatch.config as c;"
+        "print(c.get_settings.cache_info().currsize)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "0"
 
