@@ -15,7 +15,10 @@ from refold_dispatch.config import Settings
 from tests.support import TEST_API_KEY, RedisServer, WorkerProcess, worker_env
 
 # Tests never read the developer's environment or .env: every setting they use is explicit.
-for _name in [name for name in os.environ if name.startswith("REFOLD_") or name == "REDIS_URL"]:
+# (REFOLD_OPENAPI_SPEC stays: it points the contract tests at Refold's spec, it configures no behaviour.)
+for _name in [
+    name for name in os.environ if (name.startswith("REFOLD_") or name == "REDIS_URL") and name != "REFOLD_OPENAPI_SPEC"
+]:
     del os.environ[_name]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -393,6 +394,12 @@ def test_trigger_event_sends_unicode_payloads_as_utf8(client: RefoldClient, reco
     assert recorder.body()["payload"] == {"city": "Zürich", "greeting": "こんにちは"}
 
 
+def test_trigger_event_sends_what_was_validated(client: RefoldClient, recorder: Recorder) -> None:
+    # Mappings that are not dicts are sent as objects, tuples as arrays.
+    client.trigger_event("signup", "acct-1", MappingProxyType({"user": MappingProxyType({"ids": (1, 2)})}))
+    assert recorder.body()["payload"] == {"user": {"ids": [1, 2]}}
+
+
 def test_trigger_event_result(client: RefoldClient) -> None:
     result = client.trigger_event("signup", "acct-1")
     assert result == TriggerEventResult(status_code=200, request_id="req-post", message="Webhook Fired Success")
@@ -494,9 +501,9 @@ def test_linked_account_reads_udf_given_as_an_object() -> None:
     ],
 )
 def test_upsert_linked_account_with_an_unreadable_2xx_body_is_permanent(content: bytes, problem: str) -> None:
-    with make_client(replying(200, content=content, headers={"x-request-id": "r-odd"})) as refold:
-        with pytest.raises(PermanentError, match=problem) as caught:
-            refold.upsert_linked_account("acct-1", idempotency_key="idem-odd")
+    recorder = replying(200, content=content, headers={"x-request-id": "r-odd"})
+    with make_client(recorder) as refold, pytest.raises(PermanentError, match=problem) as caught:
+        refold.upsert_linked_account("acct-1", idempotency_key="idem-odd")
     error = caught.value
     assert error.status_code == 200
     assert error.error_code == "UNEXPECTED_RESPONSE"
@@ -747,6 +754,7 @@ def test_non_2xx_raises_the_classified_error(
     body: dict[str, Any] | None,
     error_class: type[RefoldError],
     error_code: str | None,
+    *,
     name: str,
     call: Callable[[RefoldClient], object],
 ) -> None:
@@ -764,7 +772,7 @@ def test_non_2xx_raises_the_classified_error(
     assert len(recorder.requests) == 1  # one attempt: retrying is the worker's decision
 
 
-def test_errors_carry_the_idempotency_key(client: RefoldClient) -> None:
+def test_errors_carry_the_idempotency_key() -> None:
     with make_client(replying(500, {"message": "boom"})) as refold, pytest.raises(TransientError) as caught:
         refold.trigger_event("signup", "acct-1", idempotency_key="idem-err")
     assert caught.value.idempotency_key == "idem-err"
@@ -790,9 +798,9 @@ def test_rate_limited_carries_a_capped_retry_after(
 def test_max_retry_after_comes_from_settings() -> None:
     settings = Settings(_env_file=None, api_key=SecretStr(API_KEY), max_retry_after_seconds=12.0)
     recorder = replying(429, headers={"Retry-After": "3600"})
-    with RefoldClient(settings, transport=httpx.MockTransport(recorder)) as refold:
-        with pytest.raises(RateLimitedError) as caught:
-            refold.trigger_event("signup", "acct-1")
+    refold = RefoldClient(settings, transport=httpx.MockTransport(recorder))
+    with refold, pytest.raises(RateLimitedError) as caught:
+        refold.trigger_event("signup", "acct-1")
     assert caught.value.retry_after == 12.0
 
 
@@ -930,7 +938,7 @@ def test_validators_return_what_is_sent() -> None:
     assert validate_event_name("Bestellung erstellt") == "Bestellung erstellt"
     assert validate_idempotency_key("job-123:attempt") == "job-123:attempt"
     assert validate_payload(None) == {}
-    assert validate_payload({"a": (1, 2)}) == {"a": (1, 2)}
+    assert validate_payload({"a": (1, 2), "m": MappingProxyType({"k": "v"})}) == {"a": [1, 2], "m": {"k": "v"}}
     assert normalise_udf({"n": 1, "f": 1.5, "b": False, "s": "x"}) == {
         "n": "1",
         "f": "1.5",
@@ -1051,8 +1059,7 @@ async def test_async_bad_arguments_raise_before_anything_is_sent(
     recorder = Recorder()
     async with make_async_client(recorder) as refold:
         with pytest.raises(ValidationError, match=message):
-            outcome = call(refold)
-            await outcome
+            await call(refold)
     assert recorder.requests == [], case
 
 

@@ -1,7 +1,7 @@
-"""Every request the client can build, validated against Refold's published OpenAPI 3.1 spec with openapi-core.
+"""Every request the client can build, validated against Refold's OpenAPI 3.1 spec with openapi-core.
 
-The spec lives beside the repository (``../shared/refold-openapi.yaml``; ``REFOLD_OPENAPI_SPEC`` overrides the
-path) and is not copied in: a copy would drift. Without the file these tests skip, saying so; CI has it.
+The spec lives beside the repository (``../shared/refold-openapi.yaml``; ``REFOLD_OPENAPI_SPEC`` overrides
+the path) and is not copied in: a copy would drift. Without the file these tests skip, saying so; CI has it.
 
 Requests are captured from the real client on an ``httpx.MockTransport`` and handed to openapi-core through a
 small adapter for its request protocol, so what is validated is exactly what would go on the wire. Negative
@@ -41,8 +41,8 @@ SPEC_PATH = Path(os.environ.get("REFOLD_OPENAPI_SPEC", REPO_ROOT.parent / "share
 API_KEY = "tk_contract_test_key"
 
 # Refold's spec names its security schemes "Org API Key" and "Linked Account Token"; OpenAPI allows only
-# [a-zA-Z0-9._-] in component names, so the strict spec check rejects the file. Requests still validate against
-# it, so the check is switched off and test_spec_defects_are_only_the_known_ones pins the defect instead.
+# [a-zA-Z0-9._-] in component names, so the strict spec check rejects the file. Requests still validate
+# against it, so the check is switched off and test_spec_defects_are_only_the_known_ones pins the defect instead.
 KNOWN_SPEC_DEFECT = "does not match '^[a-zA-Z0-9._-]+$'"
 
 
@@ -240,6 +240,7 @@ def test_request_matches_the_spec(
     case: str,
     operation_id: str,
     call: Callable[[RefoldClient], object],
+    *,
     openapi: OpenAPI,
     client: RefoldClient,
     capture: Capture,

@@ -326,7 +326,7 @@ def _required_object(response: httpx.Response, spec: RequestSpec, *, keep_body: 
     return body
 
 
-def _parse_trigger_event(response: httpx.Response, spec: RequestSpec) -> TriggerEventResult:
+def _parse_trigger_event(response: httpx.Response) -> TriggerEventResult:
     body = _json_object(response)
     if body is not None:
         try:
@@ -532,7 +532,7 @@ class RefoldClient(_ClientBase):
             instance_tag=instance_tag,
             idempotency_key=idempotency_key,
         )
-        return _parse_trigger_event(self._send(spec), spec)
+        return _parse_trigger_event(self._send(spec))
 
     def upsert_linked_account(
         self,
@@ -663,7 +663,7 @@ class AsyncRefoldClient(_ClientBase):
             instance_tag=instance_tag,
             idempotency_key=idempotency_key,
         )
-        return _parse_trigger_event(await self._send(spec), spec)
+        return _parse_trigger_event(await self._send(spec))
 
     async def upsert_linked_account(
         self,

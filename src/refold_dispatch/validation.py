@@ -144,37 +144,42 @@ def validate_page_size(value: object) -> int:
     return _positive_int("limit", value)
 
 
-def _check_json(value: object, where: str, depth: int) -> None:
-    """Walk a value and fail on anything that would not survive a JSON round trip unchanged."""
+def _json_copy(value: object, where: str, depth: int) -> Any:
+    """A plain-JSON copy of ``value`` (mappings as dicts, sequences as lists), or a ValidationError naming the
+    first thing that would not survive a JSON round trip unchanged.
+
+    Copying rather than only checking means json.dumps never meets a Mapping that is not a dict, and a caller
+    mutating its payload after the call cannot change what was validated.
+    """
     if depth > MAX_PAYLOAD_DEPTH:
         raise ValidationError(f"{where} is nested deeper than {MAX_PAYLOAD_DEPTH} levels (a cycle?)")
     if value is None or isinstance(value, bool | int):
-        return
+        return value
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValidationError(f"{where} is {value!r}, which JSON cannot represent")
-        return
+        return value
     if isinstance(value, str):
         _require_utf8(where, value)
-        return
+        return value
     if isinstance(value, Mapping):
+        copy: dict[str, Any] = {}
         for key, item in value.items():
             # json.dumps would silently turn 1 into "1": the receiver would see different keys than were sent.
             if not isinstance(key, str):
                 raise ValidationError(f"{where} has a {type(key).__name__} key {key!r}; JSON object keys are strings")
             _require_utf8(f"{where} key", key)
-            _check_json(item, f"{where}[{key!r}]", depth + 1)
-        return
+            copy[key] = _json_copy(item, f"{where}[{key!r}]", depth + 1)
+        return copy
     if isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            _check_json(item, f"{where}[{index}]", depth + 1)
-        return
+        return [_json_copy(item, f"{where}[{index}]", depth + 1) for index, item in enumerate(value)]
     raise ValidationError(f"{where} is a {type(value).__name__}, which is not JSON; convert it before sending")
 
 
 def validate_payload(value: object, *, max_bytes: int | None = None) -> dict[str, Any]:
     """An event payload: a JSON object (a mapping with string keys) of JSON values; None means ``{}``.
 
+    Returns a plain-JSON copy (dicts and lists) of what was validated, which is what is sent.
     ``max_bytes`` bounds the compact UTF-8 JSON size; the client leaves it unset, the enqueue API passes its
     configured limit so oversized jobs are refused at the door.
     """
@@ -182,8 +187,7 @@ def validate_payload(value: object, *, max_bytes: int | None = None) -> dict[str
         return {}
     if not isinstance(value, Mapping):
         raise ValidationError(f"payload must be a JSON object (a dict), got {type(value).__name__}")
-    _check_json(value, "payload", 0)
-    payload = dict(value)
+    payload: dict[str, Any] = _json_copy(value, "payload", 0)
     if max_bytes is not None:
         size = len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
         if size > max_bytes:
@@ -235,7 +239,5 @@ def validate_your_app(value: object) -> dict[str, Any]:
             # The value itself is a credential: name its type, never show it.
             raise ValidationError(f"your_app.auth_credentials[{name!r}] must be a string, got {type(item).__name__}")
         _require_utf8(f"your_app.auth_credentials[{name!r}]", item)
-    _check_json(value, "your_app", 0)
-    result = dict(value)
-    result["auth_credentials"] = dict(credentials)
-    return result
+    your_app: dict[str, Any] = _json_copy(value, "your_app", 0)
+    return your_app
