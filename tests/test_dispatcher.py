@@ -204,3 +204,21 @@ def test_redis_errors_other_than_connection_are_enqueue_errors(fake_redis: faker
     dispatcher = Dispatcher(make_settings(), redis_client=Broken())
     with pytest.raises(EnqueueError, match="OOM"):
         dispatcher.trigger_event("e", "acme")
+
+
+def test_enqueue_announces_the_job_to_flower_once(real_redis: redis.Redis, redis_server: object) -> None:
+    url = f"redis://127.0.0.1:{real_redis.connection_pool.connection_kwargs['port']}/0"
+    subscriber = real_redis.pubsub()
+    subscriber.subscribe("/0.celeryev/task.sent")
+    subscriber.get_message(timeout=1)  # the subscribe confirmation
+    with Dispatcher(make_settings(redis_url=url)) as dispatcher:
+        receipt = dispatcher.trigger_event("order.created", "acme", {"secret_field": 1}, idempotency_key="k")
+        dispatcher.trigger_event("order.created", "acme", {"secret_field": 1}, idempotency_key="k")  # duplicate
+
+    message = subscriber.get_message(timeout=2)
+    assert message is not None
+    event = json.loads(base64.b64decode(json.loads(message["data"])["body"]))
+    assert (event["type"], event["uuid"], event["queue"]) == ("task-sent", receipt.job_id, "refold")
+    assert "secret_field" not in event["kwargs"]
+    assert subscriber.get_message(timeout=0.5) is None  # the duplicate announced nothing
+    subscriber.close()

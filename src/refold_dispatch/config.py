@@ -144,6 +144,8 @@ class Settings(BaseSettings):
     mover_interval_seconds: float = Field(default=DEFAULT_MOVER_INTERVAL_SECONDS, gt=0)
 
     show_payload_in_flower: bool = False
+    # Announce each enqueued job to Flower (a task-sent event, one PUBLISH in the enqueue script).
+    send_sent_events: bool = True
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
 

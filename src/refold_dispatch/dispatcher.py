@@ -26,7 +26,7 @@ from redis.retry import Retry
 from refold_dispatch.config import Settings, get_settings
 from refold_dispatch.errors import EnqueueError, IdempotencyConflictError
 from refold_dispatch.jobs import Job, trigger_event_job, upsert_linked_account_job
-from refold_dispatch.message import build_message
+from refold_dispatch.message import build_message, build_publication, events_channel
 from refold_dispatch.scripts import AsyncScripts, ScriptArg, ScriptContext, Scripts
 
 # One retry on a dropped connection: the enqueue script is idempotent (same job id, same key), so a retry
@@ -61,8 +61,12 @@ def redis_client_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _enqueue_args(job: Job, settings: Settings) -> list[ScriptArg]:
-    head, tail = build_message(job, settings.queue, show_payload=settings.show_payload_in_flower)
+def _enqueue_args(job: Job, settings: Settings, events_to: str) -> list[ScriptArg]:
+    if events_to:
+        head, tail, event = build_publication(job, settings.queue, show_payload=settings.show_payload_in_flower)
+    else:
+        head, tail = build_message(job, settings.queue, show_payload=settings.show_payload_in_flower)
+        event = ""
     return [
         job.id,
         job.idempotency_key,
@@ -72,7 +76,14 @@ def _enqueue_args(job: Job, settings: Settings) -> list[ScriptArg]:
         job.to_json(),
         head,
         tail,
+        events_to,
+        event,
     ]
+
+
+def _events_to(settings: Settings, redis_db: object) -> str:
+    """The channel for Flower's ``task-sent`` events, or "" when they are switched off."""
+    return events_channel(int(str(redis_db or 0))) if settings.send_sent_events else ""
 
 
 def _receipt(job: Job, result: Sequence[Any]) -> Receipt:
@@ -141,6 +152,7 @@ class Dispatcher(_JobBuilding):
             self.settings.redis_url, **redis_client_options(self.settings)
         )
         self.scripts = Scripts(self.redis, ScriptContext.from_settings(self.settings))
+        self._events_to = _events_to(self.settings, self.redis.connection_pool.connection_kwargs.get("db", 0))
 
     @classmethod
     def from_env(cls) -> Dispatcher:
@@ -186,7 +198,7 @@ class Dispatcher(_JobBuilding):
 
     def enqueue(self, job: Job) -> Receipt:
         """Store and publish a built job (see :meth:`event_job` / :meth:`account_job`)."""
-        args = _enqueue_args(job, self.settings)
+        args = _enqueue_args(job, self.settings, self._events_to)
         try:
             result = self.scripts.run("enqueue", args)
         except redis.RedisError as exc:
@@ -201,7 +213,7 @@ class Dispatcher(_JobBuilding):
         """
         if not jobs:
             return []
-        all_args = [_enqueue_args(job, self.settings) for job in jobs]
+        all_args = [_enqueue_args(job, self.settings, self._events_to) for job in jobs]
         try:
             with self.redis.pipeline(transaction=False) as pipe:
                 for args in all_args:
@@ -232,6 +244,7 @@ class AsyncDispatcher(_JobBuilding):
             self.settings.redis_url, **redis_client_options(self.settings)
         )
         self.scripts = AsyncScripts(self.redis, ScriptContext.from_settings(self.settings))
+        self._events_to = _events_to(self.settings, self.redis.connection_pool.connection_kwargs.get("db", 0))
 
     @classmethod
     def from_env(cls) -> AsyncDispatcher:
@@ -274,7 +287,7 @@ class AsyncDispatcher(_JobBuilding):
         return await self.enqueue(job)
 
     async def enqueue(self, job: Job) -> Receipt:
-        args = _enqueue_args(job, self.settings)
+        args = _enqueue_args(job, self.settings, self._events_to)
         try:
             result = await self.scripts.run("enqueue", args)
         except redis.RedisError as exc:
@@ -284,7 +297,7 @@ class AsyncDispatcher(_JobBuilding):
     async def enqueue_many(self, jobs: Sequence[Job]) -> list[Receipt]:
         if not jobs:
             return []
-        all_args = [_enqueue_args(job, self.settings) for job in jobs]
+        all_args = [_enqueue_args(job, self.settings, self._events_to) for job in jobs]
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for args in all_args:

@@ -16,6 +16,8 @@ import base64
 import json
 import os
 import socket
+import time
+import uuid
 from functools import cache
 
 from refold_dispatch.jobs import Job, TriggerEventParams
@@ -52,17 +54,80 @@ def describe(job: Job, *, show_payload: bool = False) -> dict[str, object]:
 
 def build_message(job: Job, queue: str, *, show_payload: bool = False) -> tuple[str, str]:
     """The job's Celery message as (head, tail): ``head + delivery_tag + tail`` is the message to LPUSH."""
-    text = task_message(
+    return _split(_job_message(job, queue, repr(describe(job, show_payload=show_payload))))
+
+
+def build_publication(job: Job, queue: str, *, show_payload: bool = False) -> tuple[str, str, str]:
+    """The message (head, tail) and the ``task-sent`` event announcing it to Flower, sharing one description."""
+    kwargs_repr = repr(describe(job, show_payload=show_payload))
+    head, tail = _split(_job_message(job, queue, kwargs_repr))
+    return head, tail, sent_event(job, queue, kwargs_repr)
+
+
+def _job_message(job: Job, queue: str, kwargs_repr: str) -> str:
+    return task_message(
         TASK_FOR_KIND[job.kind],
         job.id,
         [job.id],
         exchange="",
         routing_key=queue,
-        kwargs_repr=repr(describe(job, show_payload=show_payload)),
+        kwargs_repr=kwargs_repr,
         delivery_tag=_TAG_PLACEHOLDER,
     )
+
+
+def _split(text: str) -> tuple[str, str]:
     head, _, tail = text.rpartition(_TAG_PLACEHOLDER)
     return head, tail
+
+
+def events_channel(redis_db: int) -> str:
+    """Where kombu's Redis transport publishes Celery's ``task.sent`` events (fanout patterns, per database)."""
+    return f"/{redis_db}.celeryev/task.sent"
+
+
+def _utcoffset() -> int:
+    # Celery's own definition (celery.utils.time.utcoffset), without importing Celery on the web path.
+    return (time.altzone if time.daylight else time.timezone) // 3600
+
+
+def sent_event(job: Job, queue: str, kwargs_repr: str) -> str:
+    """A Celery ``task-sent`` event, so Flower shows a job from the moment it is enqueued, as ``apply_async``
+    with ``task_send_sent_event`` would."""
+    event = {
+        "hostname": _origin(),
+        "utcoffset": _utcoffset(),
+        "pid": os.getpid(),
+        "clock": 0,
+        "uuid": job.id,
+        "root_id": job.id,
+        "parent_id": None,
+        "name": TASK_FOR_KIND[job.kind],
+        "args": repr([job.id]),
+        "kwargs": kwargs_repr,
+        "retries": 0,
+        "eta": None,
+        "expires": None,
+        "queue": queue,
+        "exchange": "",
+        "routing_key": queue,
+        "timestamp": time.time(),
+        "type": "task-sent",
+    }
+    envelope = {
+        "body": base64.b64encode(json.dumps(event).encode()).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"hostname": _origin()},
+        "properties": {
+            "delivery_mode": 1,
+            "delivery_info": {"exchange": "celeryev", "routing_key": "task.sent"},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return json.dumps(envelope)
 
 
 def task_message(

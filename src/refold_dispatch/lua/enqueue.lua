@@ -1,6 +1,7 @@
 -- Claim an idempotency key and store + publish a job, atomically (one round trip on the web request path).
 -- ARGV[8] job id   [9] idempotency key   [10] fingerprint   [11] kind ('event'|'upsert')   [12] account
 -- ARGV[13] job JSON   [14] Celery message head   [15] Celery message tail
+-- ARGV[16] channel for Celery's task-sent event ('' = none)   [17] the event
 -- Returns {0, job_id} new, {1, first_job_id} duplicate (same key, same job), {2, first_job_id} conflict.
 local id, key, fp, kind, acct = ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local ik = idem_key(key)
@@ -27,4 +28,5 @@ end
 redis.call('EXPIRE', ak, TTL)
 redis.call('EXPIRE', j, TTL)
 admit(id)
+if ARGV[16] ~= '' then redis.call('PUBLISH', ARGV[16], ARGV[17]) end
 return {0, id}
