@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from typing import Literal
+import json
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from refold_dispatch.errors import ConfigurationError
 
@@ -123,7 +124,7 @@ class Settings(BaseSettings):
     dlq_retention_seconds: int = Field(default=DEFAULT_DLQ_RETENTION_SECONDS, gt=0)
     dlq_max_entries: int = Field(default=DEFAULT_DLQ_MAX_ENTRIES, gt=0)
 
-    retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+    retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
     retry_jitter: float = Field(default=DEFAULT_RETRY_JITTER, ge=0, lt=1)
     max_job_age_seconds: float = Field(default=DEFAULT_MAX_JOB_AGE_SECONDS, gt=0)
     quick_retry_attempts: int = Field(default=DEFAULT_QUICK_RETRY_ATTEMPTS, ge=1)
@@ -159,9 +160,12 @@ class Settings(BaseSettings):
     @field_validator("retry_schedule", mode="before")
     @classmethod
     def _parse_schedule(cls, value: object) -> object:
-        # "10,60,300" from the environment reads as naturally as a JSON list.
-        if isinstance(value, str) and not value.strip().startswith("["):
-            return tuple(float(part) for part in value.split(",") if part.strip())
+        # "10,60,300" from the environment reads as naturally as a JSON list "[10, 60, 300]".
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return tuple(part.strip() for part in text.split(",") if part.strip())
         return value
 
     @field_validator("retry_schedule")
