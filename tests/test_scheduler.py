@@ -77,3 +77,40 @@ def test_a_consumed_canary_is_healthy(fake_redis: fakeredis.FakeRedis) -> None:
 
     assert stalls == []
     assert fake_redis.ttl("refold:worker:w1@host") > 0
+
+
+def _promote_at(client: fakeredis.FakeRedis, now_ms: int) -> int:
+    settings = make_settings()
+    return int(Scripts(client, ScriptContext.from_settings(settings)).run("promote", [500], now_ms=now_ms))
+
+
+def test_a_message_lost_between_brpop_and_unacked_is_published_again(fake_redis: fakeredis.FakeRedis) -> None:
+    dispatcher = Dispatcher(make_settings(), redis_client=fake_redis)
+    job_id = dispatcher.trigger_event("e", "acme").job_id
+    published = float(fake_redis.zscore("refold:queued", job_id))  # type: ignore[arg-type]
+    fake_redis.rpop("refold")  # a worker popped it and died before kombu recorded it as unacked
+
+    assert _promote_at(fake_redis, int(published) + 30_000) == 0  # too early to tell
+    assert _promote_at(fake_redis, int(published) + 61_000) == 1
+    [message] = fake_redis.lrange("refold", 0, -1)
+    assert json.loads(message)["headers"]["id"] == job_id
+
+
+def test_a_message_held_by_a_worker_or_still_queued_is_left_alone(fake_redis: fakeredis.FakeRedis) -> None:
+    dispatcher = Dispatcher(make_settings(), redis_client=fake_redis)
+    held = dispatcher.trigger_event("e", "a").job_id
+    waiting = dispatcher.trigger_event("e", "b").job_id
+    fake_redis.rpop("refold")  # `held` goes to a worker, which records it as unacked
+    fake_redis.hset("unacked", f"{held}.1", "...")
+    published = float(fake_redis.zscore("refold:queued", waiting))  # type: ignore[arg-type]
+
+    assert _promote_at(fake_redis, int(published) + 120_000) == 0
+    assert fake_redis.llen("refold") == 1
+
+
+def test_a_begun_job_leaves_the_queued_index(fake_redis: fakeredis.FakeRedis) -> None:
+    settings = make_settings()
+    dispatcher = Dispatcher(settings, redis_client=fake_redis)
+    job_id = dispatcher.trigger_event("e", "a").job_id
+    Scripts(fake_redis, ScriptContext.from_settings(settings)).run("begin", [job_id, "tok", 5000, 1000])
+    assert fake_redis.zscore("refold:queued", job_id) is None

@@ -22,6 +22,9 @@ key                                    type     what, and what bounds it
 ``{p}:acct:{account}:backlog``         list     this account's jobs held back by the fair share. TTL = window
 ``{p}:backlogs``                       zset     accounts with a backlog, for the mover's stale-backlog sweep;
                                                 bounded by the number of accounts with a backlog
+``{p}:queued``                         zset     job id -> publish time (ms) of jobs published and not yet
+                                                begun, to heal a message kombu lost between its BRPOP and its
+                                                unacked record; bounded by the jobs in the queue
 ``{p}:delayed``                        zset     job id -> due time (ms): retries, deferrals, watchdogs;
                                                 bounded by the number of live jobs
 ``{p}:dlq``                            zset     dead-letter id -> dead time (ms); bounded by retention and

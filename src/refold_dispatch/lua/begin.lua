@@ -12,6 +12,7 @@
 local id, token, lease_ms, lock_retry_ms = ARGV[8], ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
 local j = job_key(id)
 local f = redis.call('HMGET', j, 'state', 'kind', 'acct', 'seq', 'after', 'after_job', 'data', 'created', 'credit')
+redis.call('ZREM', QUEUED, id)
 if not f[7] then return {'missing'} end
 local state, kind, acct = f[1], f[2], f[3]
 if FINAL[state] then

@@ -27,6 +27,10 @@ local HISTORY_LENGTH = 10
 local WATCHDOG_MS = 300000
 
 local DELAYED = P .. ':delayed'
+-- Jobs published to the Celery queue and not yet picked up by a worker's begin script (see heal_lost()).
+local QUEUED = P .. ':queued'
+-- kombu's record of messages a worker holds but has not acked yet (its default key name).
+local UNACKED = 'unacked'
 local BACKLOGS = P .. ':backlogs'
 local DLQ_INDEX = P .. ':dlq'
 local DLQ_ENTRIES = P .. ':dlq:entries'
@@ -65,6 +69,7 @@ local function publish(id)
   redis.call('ZADD', active_key(f[3]), NOW, id)
   redis.call('EXPIRE', active_key(f[3]), TTL)
   redis.call('HSET', job_key(id), 'state', 'queued', 'queued_at', NOW)
+  redis.call('ZADD', QUEUED, NOW, id)
   return true
 end
 
