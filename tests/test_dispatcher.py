@@ -222,3 +222,26 @@ def test_enqueue_announces_the_job_to_flower_once(real_redis: redis.Redis, redis
     assert "secret_field" not in event["kwargs"]
     assert subscriber.get_message(timeout=0.5) is None  # the duplicate announced nothing
     subscriber.close()
+
+
+@pytest.mark.parametrize(
+    "account", ["acme", 'we"ird\\\\acct', "@refold-kwargs@", "00000000-0000-4000-8000-0000000000ff"]
+)
+def test_message_templates_equal_the_reference_builders(account: str) -> None:
+    from refold_dispatch import message
+
+    for job in (
+        jobs.trigger_event_job("order.created", account, {"a": [1, "x"]}),
+        jobs.upsert_linked_account_job(account, name="n", udf={"k": "v"}),
+    ):
+        described = repr(message.describe(job))
+        fast = message._job_message(job, "refold", described)
+        reference = message.task_message(
+            message.TASK_FOR_KIND[job.kind], job.id, [job.id], exchange="", routing_key="refold",
+            kwargs_repr=described, delivery_tag=message._TAG_PLACEHOLDER,
+        )  # fmt: skip
+        assert fast == reference
+        event = message.sent_event(job, "refold", described, timestamp=1795983418.0729632)
+        assert event == message.sent_event_reference(
+            job, "refold", described, timestamp=1795983418.0729632, delivery_tag=f"{job.id}.sent"
+        )

@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from pydantic import ValidationError as PydanticValidationError
 
 from refold_dispatch.errors import ValidationError
@@ -71,6 +71,22 @@ class Job(BaseModel):
     idempotency_key: str
     created_at: float
     params: JobParams
+    # Measured once while validating, so the hot enqueue path serialises the payload only once more.
+    _payload_bytes: int | None = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:
+        # Equal jobs have equal fields; the private size cache is not part of a job's identity.
+        if not isinstance(other, Job):
+            return NotImplemented
+        return (self.id, self.idempotency_key, self.created_at, self.params) == (
+            other.id,
+            other.idempotency_key,
+            other.created_at,
+            other.params,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.idempotency_key))
 
     @property
     def kind(self) -> str:
@@ -98,9 +114,15 @@ class Job(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
     def payload_size(self) -> int:
-        if isinstance(self.params, TriggerEventParams):
-            return len(json.dumps(self.params.payload, separators=(",", ":")).encode())
-        return 0
+        """The payload's size as compact UTF-8 JSON (what the size limit counts)."""
+        if self._payload_bytes is None:
+            payload = self.params.payload if isinstance(self.params, TriggerEventParams) else None
+            self._payload_bytes = _json_size(payload) if payload is not None else 0
+        return self._payload_bytes
+
+
+def _json_size(value: object) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
 
 def new_job_id() -> str:
@@ -128,15 +150,21 @@ def trigger_event_job(
     max_payload_bytes: int | None = None,
 ) -> Job:
     """Validate and build a trigger-event job; raises :class:`ValidationError` on bad input."""
+    checked_payload = validate_payload(payload)
+    size = _json_size(checked_payload)
+    if max_payload_bytes is not None and size > max_payload_bytes:
+        raise ValidationError(f"payload is {size} bytes as JSON; the limit is {max_payload_bytes}")
     params = TriggerEventParams(
         event=validate_event_name(event),
         linked_account_id=validate_linked_account_id(linked_account_id),
-        payload=validate_payload(payload, max_bytes=max_payload_bytes),
+        payload=checked_payload,
         config_id=_optional_header("config_id", config_id),
         slug=_optional_header("slug", slug),
         instance_tag=_optional_header("instance_tag", instance_tag),
     )
-    return Job(id=new_job_id(), idempotency_key=_key_or_mint(idempotency_key), created_at=time.time(), params=params)
+    job = Job(id=new_job_id(), idempotency_key=_key_or_mint(idempotency_key), created_at=time.time(), params=params)
+    job._payload_bytes = size
+    return job
 
 
 def upsert_linked_account_job(
