@@ -371,3 +371,18 @@ def test_open_breaker_holds_jobs_without_spending_attempts(fake_redis: fakeredis
     assert outcome.reason == "circuit open"
     assert h.field(second.job_id, "attempts") == "0"
     assert h.deliverer.flow.snapshot()["state"] == "open"
+
+
+def test_a_successful_delivery_takes_two_script_calls(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    receipt = h.dispatcher.trigger_event("e", "acme")
+    calls: list[str] = []
+    run = h.deliverer.scripts.run
+
+    def counting(name: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(name)
+        return run(name, *args, **kwargs)
+
+    monkeypatch.setattr(h.deliverer.scripts, "run", counting)
+    assert h.deliverer.deliver(receipt.job_id).kind == "delivered"
+    assert calls == ["begin", "finish"]  # the permit rides on begin, the success report on finish
+    assert h.deliverer.flow.snapshot()["last_ok"]  # and flow control heard about the success

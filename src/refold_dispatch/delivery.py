@@ -33,7 +33,7 @@ from refold_dispatch.client import RefoldClient
 from refold_dispatch.config import Settings
 from refold_dispatch.dlq import store_invalid
 from refold_dispatch.errors import RefoldError, TransientError
-from refold_dispatch.flow import FlowControl, Hold, outcome_of
+from refold_dispatch.flow import FlowControl, Hold, Permit, outcome_of
 from refold_dispatch.jobs import Job, TriggerEventParams
 from refold_dispatch.retry import GiveUp, RetryPolicy, decide, is_quick_retryable, quick_retry_wait
 from refold_dispatch.scripts import Scripts
@@ -41,6 +41,9 @@ from refold_dispatch.scripts import Scripts
 OutcomeKind = Literal["delivered", "skipped", "deferred", "dead"]
 T = TypeVar("T")
 
+# Jobs held back by flow control come back spread over this window, so a crowd does not wake at once.
+HOLD_SPREAD_MS = 250
+HOLD_REASONS = {"breaker": "circuit open", "paused": "Refold asked everyone to back off", "rate": "rate limit"}
 # A second upsert of the same account waits this long for the first to finish before it looks again.
 LOCK_RETRY_MS = 1000
 # Redis blips inside an attempt are retried for about this long before the task gives the message back.
@@ -107,13 +110,17 @@ class Deliverer:
 
     def deliver(self, job_id: str) -> Outcome:
         token = uuid.uuid4().hex
-        result = self._redis(lambda: self.scripts.run("begin", [job_id, token, self.lease_ms, LOCK_RETRY_MS]))
+        # The first flow-control permit rides along with begin: the common path is one round trip.
+        jitter_ms = int(self.rng() * HOLD_SPREAD_MS)
+        args = [job_id, token, self.lease_ms, LOCK_RETRY_MS, *self.flow.acquire_args(token), jitter_ms]
+        result = self._redis(lambda: self.scripts.run("begin", args))
         verdict = _text(result[0])
         if verdict != "go":
             return self._not_started(job_id, verdict, [_text(part) for part in result[1:]])
         job = Job.from_json(_text(result[1]))
         attempt, created_ms, credit_ms = int(result[2]), int(_text(result[3])), int(_text(result[4]))
-        return self._attempt(job, token, attempt, created_ms, credit_ms)
+        first_permit = Permit(wait_seconds=float(_text(result[5])) / 1000, probe=int(result[6]) == 1)
+        return self._attempt(job, token, (attempt, created_ms, credit_ms), first_permit)
 
     def _not_started(self, job_id: str, verdict: str, rest: list[str]) -> Outcome:
         if verdict == "missing":
@@ -128,36 +135,40 @@ class Deliverer:
             outcome = Outcome("deferred", f"waiting for upsert {rest[0]} of its account", job_id)
         elif verdict == "dead":
             outcome = Outcome("dead", "dependency", job_id, detail="the upsert it follows was dead-lettered")
+        elif verdict == "hold":
+            outcome = Outcome("deferred", HOLD_REASONS[rest[0]], job_id, due_at=int(rest[1]) / 1000)
         else:
             raise RuntimeError(f"begin script answered {verdict!r}")
         self._log(outcome)
         return outcome
 
-    def _attempt(self, job: Job, token: str, attempt: int, created_ms: int, credit_ms: int) -> Outcome:
+    def _attempt(self, job: Job, token: str, progress: tuple[int, int, int], first_permit: Permit) -> Outcome:
+        attempt = progress[0]
         started = time.monotonic()
         try:
-            result = self._send_with_quick_retries(job)
+            result, probe = self._send_with_quick_retries(job, first_permit)
         except _Deferred as deferred:
             return self._hold(job, token, attempt, deferred.hold, started)
         except RefoldError as refold_error:
-            return self._failed(job, token, (attempt, created_ms, credit_ms), refold_error, started)
+            return self._failed(job, token, progress, refold_error, started)
         except Exception as exc:  # a bug or a soft time limit must not lose the job: treat it as transient
             unexpected = TransientError(f"unexpected {type(exc).__name__}: {exc}", error_code=type(exc).__name__)
-            return self._failed(job, token, (attempt, created_ms, credit_ms), unexpected, started)
+            return self._failed(job, token, progress, unexpected, started)
         latency_ms = (time.monotonic() - started) * 1000
         status = int(getattr(result, "status_code", 200))
         request_id = getattr(result, "request_id", None)
         entry = self._history(attempt, "delivered", latency_ms, status=status, request_id=request_id)
-        self._redis(
-            lambda: self.scripts.run("finish", [job.id, token, status, request_id or "", entry]),
-            budget=FINISH_RETRY_SECONDS,
-        )
+        # Recording the delivery and telling flow control it went well: one round trip.
+        finish_args = [job.id, token, status, request_id or "", entry, *self.flow.success_args(probe=probe)]
+        self._redis(lambda: self.scripts.run("finish", finish_args), budget=FINISH_RETRY_SECONDS)
         outcome = Outcome("delivered", "ok", job.id, attempt, status=status, request_id=request_id)
         self._log(outcome, job, latency_ms)
         return outcome
 
-    def _send_with_quick_retries(self, job: Job) -> object:
+    def _send_with_quick_retries(self, job: Job, first_permit: Permit) -> tuple[object, bool]:
+        """Send with quick retries; returns the result and whether the successful try was the breaker's probe."""
         s = self.settings
+        permits = [first_permit]
         deadline = time.monotonic() + s.quick_retry_budget_seconds
         retrying = Retrying(
             stop=stop_after_attempt(s.quick_retry_attempts) | stop_after_delay(s.quick_retry_budget_seconds),
@@ -166,10 +177,11 @@ class Deliverer:
             sleep=self.sleep,
             reraise=True,
         )
-        return retrying(self._send_once, job)
+        return retrying(lambda: self._send_once(job, permits.pop() if permits else None))
 
-    def _send_once(self, job: Job) -> object:
-        permit = self._redis(self.flow.acquire)
+    def _send_once(self, job: Job, permit: Permit | Hold | None) -> tuple[object, bool]:
+        if permit is None:
+            permit = self._redis(self.flow.acquire)
         if isinstance(permit, Hold):
             raise _Deferred(permit)
         if permit.wait_seconds > 0:
@@ -182,8 +194,7 @@ class Deliverer:
                 retry_after = error.retry_after
                 self._redis(lambda: self.flow.report(flow_outcome, retry_after=retry_after, probe=permit.probe))
             raise
-        self._redis(lambda: self.flow.report("ok", probe=permit.probe))
-        return result
+        return result, permit.probe
 
     def _call_refold(self, job: Job) -> object:
         params = job.params
@@ -209,14 +220,10 @@ class Deliverer:
 
     def _hold(self, job: Job, token: str, attempt: int, hold: Hold, started: float) -> Outcome:
         now_ms = int(self.clock() * 1000)
-        due_ms = max(hold.until_ms, now_ms) + int(self.rng() * 250)  # spread the wake-up of a held crowd
+        due_ms = max(hold.until_ms, now_ms) + int(self.rng() * HOLD_SPREAD_MS)
         # An open breaker or a shared pause is an outage: its length is credited to the job's age budget.
         credit_ms = max(due_ms - now_ms, 0) if hold.kind in ("breaker", "paused") else 0
-        reason = {
-            "breaker": "circuit open",
-            "paused": "Refold asked everyone to back off",
-            "rate": "rate limit",
-        }[hold.kind]
+        reason = HOLD_REASONS[hold.kind]
         self._redis(lambda: self.scripts.run("reschedule", [job.id, token, due_ms, 1, credit_ms, hold.kind, "", ""]))
         outcome = Outcome("deferred", reason, job.id, attempt, due_at=due_ms / 1000)
         self._log(outcome, job, (time.monotonic() - started) * 1000)

@@ -62,40 +62,36 @@ class FlowControl:
         self._fingerprint = settings.api_key_fingerprint
         self._probe_ttl_ms = int((settings.task_time_limit_seconds + 5) * 1000)
 
-    def acquire(self) -> Permit | Hold:
+    def acquire_args(self, probe_token: str) -> list[str | int | float]:
+        """The acquire script's arguments (also folded into the begin script: one round trip, not two)."""
         s = self._settings
-        result = self._scripts.run(
-            "acquire",
-            [
-                self._fingerprint,
-                s.rate_limit,
-                s.rate_burst,
-                int(s.rate_max_wait_seconds * 1000),
-                uuid.uuid4().hex,
-                self._probe_ttl_ms,
-            ],
-        )
-        kind = _text(result[0])
-        if kind == "ok":
-            return Permit(wait_seconds=float(_text(result[1])) / 1000, probe=int(result[2]) == 1)
-        if kind not in ("breaker", "paused", "rate"):
-            raise RuntimeError(f"acquire script answered {result!r}")
-        return Hold(kind=kind, until_ms=int(float(_text(result[1]))))  # type: ignore[arg-type]
+        return [
+            self._fingerprint,
+            s.rate_limit,
+            s.rate_burst,
+            int(s.rate_max_wait_seconds * 1000),
+            probe_token,
+            self._probe_ttl_ms,
+        ]
+
+    def acquire(self) -> Permit | Hold:
+        return permit_from(self._scripts.run("acquire", self.acquire_args(uuid.uuid4().hex)))
+
+    def success_args(self, *, probe: bool) -> list[str | int | float]:
+        """A success report's arguments, for the finish script that records the delivery in the same trip."""
+        s = self._settings
+        return [
+            self._fingerprint,
+            1 if probe else 0,
+            s.breaker_threshold,
+            int(s.breaker_cooldown_seconds * 1000),
+            int(s.breaker_max_cooldown_seconds * 1000),
+        ]
 
     def report(self, outcome: Outcome, *, retry_after: float | None = None, probe: bool = False) -> str:
-        s = self._settings
-        result = self._scripts.run(
-            "report",
-            [
-                self._fingerprint,
-                outcome,
-                "" if retry_after is None else int(retry_after * 1000),
-                1 if probe else 0,
-                s.breaker_threshold,
-                int(s.breaker_cooldown_seconds * 1000),
-                int(s.breaker_max_cooldown_seconds * 1000),
-            ],
-        )
+        fingerprint, probe_flag, *breaker = self.success_args(probe=probe)
+        retry_after_ms = "" if retry_after is None else int(retry_after * 1000)
+        result = self._scripts.run("report", [fingerprint, outcome, retry_after_ms, probe_flag, *breaker])
         return _text(result)
 
     def snapshot(self) -> dict[str, Any]:
@@ -104,6 +100,16 @@ class FlowControl:
         state = {_text(k): _text(v) for k, v in raw.items()}
         state.setdefault("state", "closed")
         return state
+
+
+def permit_from(result: Any) -> Permit | Hold:
+    """Read an acquire answer: ``['ok', wait_ms, probe]`` or ``[kind, until_ms]``."""
+    kind = _text(result[0])
+    if kind == "ok":
+        return Permit(wait_seconds=float(_text(result[1])) / 1000, probe=int(result[2]) == 1)
+    if kind not in ("breaker", "paused", "rate"):
+        raise RuntimeError(f"acquire script answered {result!r}")
+    return Hold(kind=kind, until_ms=int(float(_text(result[1]))))  # type: ignore[arg-type]
 
 
 def _text(value: Any) -> str:

@@ -1,13 +1,16 @@
 -- Start one delivery attempt of a job whose message a worker just received.
 -- ARGV[8] job id   [9] lease token (unique per attempt)   [10] lease ms   [11] lock retry ms
+-- ARGV[12..17] the first flow-control permit, folded into this round trip ('' in [12] = skip): API key
+--   fingerprint, rate per second, burst, longest wait ms, probe TTL ms, jitter ms added to a hold's due time
 -- Returns one of:
---   {'go', data, attempts, created_ms, credit_ms}   deliver now; the lease is held
+--   {'go', data, attempts, created_ms, credit_ms, wait_ms, probe}   deliver after wait_ms; the lease is held
 --   {'done', state}                                 already delivered / superseded / dead: drop this copy
 --   {'stale', state}                                a stale copy: the job is scheduled elsewhere
 --   {'held', due_ms}                                another worker holds the lease; a watchdog entry is set
 --   {'wait_lock', due_ms}                           another upsert of the account is in flight
 --   {'waiting', upsert_job_id}                      parked until the account's upsert is delivered
 --   {'dead', 'dependency'}                          the upsert it waits for was dead-lettered
+--   {'hold', 'breaker'|'paused'|'rate', due_ms}      flow control said not yet; rescheduled, no attempt spent
 --   {'missing'}                                     no job record (expired or never existed)
 local id, token, lease_ms, lock_retry_ms = ARGV[8], ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
 local j = job_key(id)
@@ -72,6 +75,24 @@ elseif f[5] then
   end
 end
 
+local wait_ms, probe = '0', 0
+if ARGV[12] ~= nil and ARGV[12] ~= '' then
+  local permit = flow_acquire(ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15]), token,
+    tonumber(ARGV[16]))
+  if permit[1] ~= 'ok' then
+    local due = tonumber(permit[2]) + tonumber(ARGV[17])
+    -- An open breaker or a shared pause is an outage: its length does not count against the job's age.
+    if permit[1] ~= 'rate' then redis.call('HINCRBY', j, 'credit', math.max(due - NOW, 0)) end
+    redis.call('HSET', j, 'state', 'delayed', 'next_due', due, 'defer_reason', permit[1])
+    redis.call('ZADD', DELAYED, due, id)
+    if kind == 'upsert' then release_lock(id, acct) end
+    touch(id)
+    leave(id, acct)
+    return {'hold', permit[1], tostring(due)}
+  end
+  wait_ms, probe = permit[2], permit[3]
+end
+
 redis.call('SET', lease_key(id), token, 'PX', lease_ms)
 -- A watchdog: if this worker dies in any way (SIGKILL, OOM, hard time limit), the mover brings the job back
 -- once the lease has expired. Every normal ending of the attempt replaces or removes this entry.
@@ -79,4 +100,4 @@ redis.call('ZADD', DELAYED, NOW + lease_ms + 1000, id)
 local attempts = redis.call('HINCRBY', j, 'attempts', 1)
 redis.call('HSET', j, 'state', 'active', 'attempt_started', NOW)
 touch(id)
-return {'go', f[7], attempts, f[8], f[9] or '0'}
+return {'go', f[7], attempts, f[8], f[9] or '0', wait_ms, probe}
