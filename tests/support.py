@@ -226,3 +226,8 @@ class WorkerProcess:
 def job_state(client: redis.Redis, job_id: str, prefix: str = "refold") -> str | None:
     value: Any = client.hget(f"{prefix}:job:{job_id}", "state")
     return value.decode() if value is not None else None
+
+
+# Read at import, before conftest.py strips REFOLD_* variables from the environment: it only selects the long
+# run of the reliability suite (tests/reliability), it configures no behaviour.
+CHAOS_LONG = os.environ.get("REFOLD_CHAOS_LONG") == "1"

@@ -163,17 +163,21 @@ class DeadLetterQueue:
 
     def replay(self, ids: Sequence[str]) -> ReplayResult:
         outcomes: dict[str, str] = {}
+        entries: list[DeadLetter] = []
         for dead_id in ids:
             try:
-                entry = self.get(dead_id)
+                entries.append(self.get(dead_id))
             except DeadLetterNotFoundError:
                 outcomes[dead_id] = "not_found"
-                continue
-            outcomes[dead_id] = self._replay_one(entry)
-        return ReplayResult(outcomes)
+        # Upserts first, each kind in the given order: an event replayed before the dead upsert it follows would
+        # find that upsert still dead and go straight back here (``dependency``). Its events die in the same
+        # script as the upsert, with the same timestamp, so "oldest first" alone does not order them.
+        for entry in sorted(entries, key=lambda entry: entry.kind != "upsert"):
+            outcomes[entry.id] = self._replay_one(entry)
+        return ReplayResult({dead_id: outcomes[dead_id] for dead_id in ids})
 
     def replay_matching(self, where: DeadLetterFilter) -> ReplayResult:
-        # Oldest first: an upsert dead-lettered before its events is replayed before them.
+        # Oldest first (upserts before events, see replay): upserts of one account keep their order.
         ids = [entry.id for entry in self.iter(where, newest_first=False)]
         return self.replay(ids)
 
