@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import uuid
+import os
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -71,8 +71,9 @@ class Job(BaseModel):
     idempotency_key: str
     created_at: float
     params: JobParams
-    # Measured once while validating, so the hot enqueue path serialises the payload only once more.
+    # Both derive from the payload's canonical JSON, made once while validating (the enqueue hot path).
     _payload_bytes: int | None = PrivateAttr(default=None)
+    _fingerprint: str | None = PrivateAttr(default=None)
 
     def __eq__(self, other: object) -> bool:
         # Equal jobs have equal fields; the private size cache is not part of a job's identity.
@@ -109,33 +110,91 @@ class Job(BaseModel):
             ) from exc
 
     def fingerprint(self) -> str:
-        """Hash of what would be sent: equal for the same job enqueued twice, different for another job."""
-        canonical = json.dumps(self.params.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+        """Hash of what would be sent: equal for the same job enqueued twice (whatever the payload's key order),
+        different for another job. Replay recomputes it from the stored job, so it is a pure function of
+        ``params``."""
+        if self._fingerprint is None:
+            params = self.params
+            if isinstance(params, TriggerEventParams):
+                self._fingerprint = _event_fingerprint(params, canonical_json(params.payload))
+            else:
+                canonical = json.dumps(params.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+                self._fingerprint = _digest(canonical)
+        return self._fingerprint
 
     def payload_size(self) -> int:
         """The payload's size as compact UTF-8 JSON (what the size limit counts)."""
         if self._payload_bytes is None:
             payload = self.params.payload if isinstance(self.params, TriggerEventParams) else None
-            self._payload_bytes = _json_size(payload) if payload is not None else 0
+            self._payload_bytes = len(canonical_json(payload).encode()) if payload is not None else 0
         return self._payload_bytes
 
 
-def _json_size(value: object) -> int:
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+def canonical_json(value: object) -> str:
+    """Compact JSON with sorted keys: the form sizes and fingerprints are computed from."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _event_fingerprint(params: TriggerEventParams, payload_json: str) -> str:
+    head = [params.kind, params.event, params.linked_account_id, params.config_id, params.slug, params.instance_tag]
+    return _digest(json.dumps(head, separators=(",", ":")) + payload_json)
+
+
+def _checked_payload(payload: object, max_bytes: int | None) -> tuple[dict[str, Any], str]:
+    """The payload as a fresh plain-JSON dict, and its canonical JSON.
+
+    Fast path: one C-accelerated dump and load, kept only if the round trip changed nothing (no int keys turned
+    into strings, no tuples into lists). Anything else takes the thorough walk of ``validate_payload``, which
+    names exactly what is wrong (or converts what is harmless).
+    """
+    fresh: Any = None
+    if isinstance(payload, dict):
+        try:
+            text = canonical_json(payload)
+            text.encode()  # a lone surrogate fails here, not at send time
+            fresh = json.loads(text) if "NaN" not in text and "Infinity" not in text else None
+        except (TypeError, ValueError, RecursionError):
+            fresh = None
+        if fresh is not None and fresh != payload:
+            fresh = None
+    if fresh is None:
+        fresh = validate_payload(payload)
+        text = canonical_json(fresh)
+    size = len(text.encode())
+    if max_bytes is not None and size > max_bytes:
+        raise ValidationError(f"payload is {size} bytes as JSON; the limit is {max_bytes}")
+    return fresh, text
 
 
 def new_job_id() -> str:
     """Job ids are also Celery task ids, so Flower shows one task per job across all its attempts."""
-    return str(uuid.uuid4())
+    return _new_ids()[0]
+
+
+def _new_ids() -> tuple[str, str]:
+    """A random (version 4) UUID for the job and a minted idempotency key, from one read of the OS's random
+    source: ``uuid4()`` twice costs two system calls and two UUID objects on the web request path. (Not
+    ``random``: its state is copied into every forked web worker, which would then mint the same ids.)"""
+    raw = bytearray(os.urandom(32))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw[:16].hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", "rd-" + raw[16:].hex()
+
+
+def _new_job(params: TriggerEventParams | UpsertLinkedAccountParams, idempotency_key: str | None) -> Job:
+    job_id, minted_key = _new_ids()
+    key = minted_key if idempotency_key is None else validate_idempotency_key(idempotency_key)
+    # Every field was validated by hand just now; model_construct skips pydantic validating it all again.
+    return Job.model_construct(id=job_id, idempotency_key=key, created_at=time.time(), params=params)
 
 
 def _optional_header(argument: str, value: object) -> str | None:
     return None if value is None else validate_header_value(argument, value)
-
-
-def _key_or_mint(idempotency_key: str | None) -> str:
-    return validate_idempotency_key(idempotency_key) if idempotency_key is not None else f"rd-{uuid.uuid4().hex}"
 
 
 def trigger_event_job(
@@ -150,11 +209,9 @@ def trigger_event_job(
     max_payload_bytes: int | None = None,
 ) -> Job:
     """Validate and build a trigger-event job; raises :class:`ValidationError` on bad input."""
-    checked_payload = validate_payload(payload)
-    size = _json_size(checked_payload)
-    if max_payload_bytes is not None and size > max_payload_bytes:
-        raise ValidationError(f"payload is {size} bytes as JSON; the limit is {max_payload_bytes}")
-    params = TriggerEventParams(
+    checked_payload, payload_json = _checked_payload(payload, max_payload_bytes)
+    # model_construct: every field is validated by hand right here (the enqueue hot path).
+    params = TriggerEventParams.model_construct(
         event=validate_event_name(event),
         linked_account_id=validate_linked_account_id(linked_account_id),
         payload=checked_payload,
@@ -162,8 +219,9 @@ def trigger_event_job(
         slug=_optional_header("slug", slug),
         instance_tag=_optional_header("instance_tag", instance_tag),
     )
-    job = Job(id=new_job_id(), idempotency_key=_key_or_mint(idempotency_key), created_at=time.time(), params=params)
-    job._payload_bytes = size
+    job = _new_job(params, idempotency_key)
+    job._payload_bytes = len(payload_json.encode())
+    job._fingerprint = _event_fingerprint(params, payload_json)
     return job
 
 
@@ -182,4 +240,4 @@ def upsert_linked_account_job(
         udf=None if udf is None else normalise_udf(udf),
         your_app=None if your_app is None else validate_your_app(your_app),
     )
-    return Job(id=new_job_id(), idempotency_key=_key_or_mint(idempotency_key), created_at=time.time(), params=params)
+    return _new_job(params, idempotency_key)

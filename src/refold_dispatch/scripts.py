@@ -36,13 +36,19 @@ SCRIPT_NAMES = (
 ScriptArg = str | int | float
 
 
+# Scripts that also need the flow-control functions (lua/flow.lua). Redis runs a script's whole text on every
+# call, defining each local function anew, so the hot enqueue script carries only what it uses.
+_FLOW_SCRIPTS = frozenset({"begin", "finish", "acquire", "report"})
+
+
 @cache
 def script_source(name: str) -> str:
-    """The full text of one script: the shared library, then the script's body."""
+    """The full text of one script: the shared library (and flow control where used), then its body."""
     if name not in SCRIPT_NAMES:
         raise KeyError(f"no script named {name!r}; known: {', '.join(SCRIPT_NAMES)}")
     folder = resources.files("refold_dispatch") / "lua"
-    return (folder / "lib.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
+    parts = ["lib.lua", "flow.lua", f"{name}.lua"] if name in _FLOW_SCRIPTS else ["lib.lua", f"{name}.lua"]
+    return "\n".join((folder / part).read_text() for part in parts)
 
 
 @dataclass(frozen=True)

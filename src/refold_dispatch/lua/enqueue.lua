@@ -3,7 +3,11 @@
 -- ARGV[13] job JSON   [14] Celery message head   [15] Celery message tail
 -- ARGV[16] channel for Celery's task-sent event ('' = none)   [17] the event
 -- Returns {0, job_id} new, {1, first_job_id} duplicate (same key, same job), {2, first_job_id} conflict.
+--
+-- This is the web request's cost, so it is lib.lua's admit()/publish() inlined with as few Redis calls as
+-- possible (each costs a few microseconds inside a script): the job record is written once, in its final state.
 local id, key, fp, kind, acct = ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+local head, tail = ARGV[14], ARGV[15]
 local ik = idem_key(key)
 local existing = redis.call('GET', ik)
 if existing then
@@ -12,21 +16,44 @@ if existing then
   return {2, existing}
 end
 redis.call('SET', ik, id, 'EX', TTL)
-local j = job_key(id)
-redis.call('HSET', j, 'data', ARGV[13], 'fp', fp, 'kind', kind, 'acct', acct, 'key', key,
-  'msg_head', ARGV[14], 'msg_tail', ARGV[15], 'created', NOW, 'attempts', 0, 'credit', 0, 'state', 'new')
+
 local ak = acct_key(acct)
+local order = {}
 if kind == 'upsert' then
   local seq = redis.call('HINCRBY', ak, 'upsert_seq', 1)
   redis.call('HSET', ak, 'latest_upsert', id)
-  redis.call('HSET', j, 'seq', seq)
+  redis.call('EXPIRE', ak, TTL)
+  order = {'seq', seq}
 else
   -- An event must not overtake the newest upsert of its account enqueued before it.
   local f = redis.call('HMGET', ak, 'upsert_seq', 'latest_upsert')
-  if f[1] then redis.call('HSET', j, 'after', f[1], 'after_job', f[2]) end
+  if f[1] then order = {'after', f[1], 'after_job', f[2]} end
 end
-redis.call('EXPIRE', ak, TTL)
+
+-- The fairness gate: straight onto the queue while the account is under its share and has no backlog.
+local active = active_key(acct)
+local count = redis.call('ZCARD', active)
+if count >= SHARE then
+  redis.call('ZREMRANGEBYSCORE', active, '-inf', NOW - STALE_ACTIVE_MS)
+  count = redis.call('ZCARD', active)
+end
+local direct = count < SHARE and redis.call('EXISTS', backlog_key(acct)) == 0
+
+local j = job_key(id)
+redis.call('HSET', j, 'data', ARGV[13], 'fp', fp, 'kind', kind, 'acct', acct, 'key', key, 'msg_head', head,
+  'msg_tail', tail, 'created', NOW, 'attempts', 0, 'credit', 0, 'state', direct and 'queued' or 'backlog',
+  'pubs', direct and 1 or 0, 'queued_at', NOW, unpack(order))
 redis.call('EXPIRE', j, TTL)
-admit(id)
+if direct then
+  redis.call('LPUSH', QUEUE, head .. id .. '.1' .. tail)
+  redis.call('ZADD', active, NOW, id)
+  redis.call('EXPIRE', active, TTL)
+  redis.call('ZADD', QUEUED, NOW, id)
+else
+  redis.call('RPUSH', backlog_key(acct), id)
+  redis.call('EXPIRE', backlog_key(acct), TTL)
+  redis.call('ZADD', BACKLOGS, NOW, acct)
+  refill(acct)
+end
 if ARGV[16] ~= '' then redis.call('PUBLISH', ARGV[16], ARGV[17]) end
 return {0, id}
