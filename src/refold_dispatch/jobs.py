@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import os
+import time
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
