@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from refold_dispatch.dlq import DeadLetterFilter, DeadLetterQueue
 from refold_dispatch.scheduler import Mover
 from refold_dispatch.scripts import ScriptContext, Scripts
 from tests.conftest import make_settings
+from tests.support import wait_for
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -386,3 +388,27 @@ def test_a_successful_delivery_takes_two_script_calls(h: Harness, monkeypatch: p
     assert h.deliverer.deliver(receipt.job_id).kind == "delivered"
     assert calls == ["begin", "finish"]  # the permit rides on begin, the success report on finish
     assert h.deliverer.flow.snapshot()["last_ok"]  # and flow control heard about the success
+
+
+def test_after_the_cool_down_begin_sends_the_breakers_probe(fake_redis: fakeredis.FakeRedis) -> None:
+    h = build(fake_redis, breaker_threshold=1, quick_retry_attempts=1, breaker_cooldown_seconds=0.001)
+    h.refold.handlers = [status(502), ok]
+    first = h.dispatcher.trigger_event("e", "a")
+    assert h.deliverer.deliver(first.job_id).kind == "deferred"  # the breaker opens for 1 ms
+    assert h.deliverer.flow.snapshot()["state"] == "open"
+    second = h.dispatcher.trigger_event("e", "b")
+    wait_for(lambda: int(h.deliverer.flow.snapshot()["open_until"]) < time.time() * 1000, timeout=2, what="cool-down")
+
+    outcome = h.deliverer.deliver(second.job_id)  # the probe, folded into begin
+
+    assert outcome.kind == "delivered"
+    assert h.deliverer.flow.snapshot()["state"] == "closed"
+
+
+def test_a_hold_at_begin_comes_back_soon_after_the_hold_ends(fake_redis: fakeredis.FakeRedis) -> None:
+    h = build(fake_redis, rate_limit=1, rate_burst=1, rate_max_wait_seconds=0)
+    h.deliverer.deliver(h.dispatcher.trigger_event("e", "a").job_id)
+    outcome = h.deliverer.deliver(h.dispatcher.trigger_event("e", "b").job_id)
+
+    assert outcome.kind == "deferred" and outcome.due_at is not None
+    assert outcome.due_at - time.time() < 1.0 + 0.25 + 0.1  # the slot (1 s at 1/s) plus at most the spread

@@ -119,8 +119,9 @@ def test_unreachable_redis_fails_fast_with_a_clear_error() -> None:
     settings = make_settings(redis_url="redis://127.0.0.1:1/0", redis_socket_timeout=0.5, redis_connect_timeout=0.5)
     dispatcher = Dispatcher(settings)
     started = time.monotonic()
-    with pytest.raises(EnqueueError, match=r"127\.0\.0\.1:1/0.*nothing was enqueued"):
-        dispatcher.trigger_event("order.created", "acme")
+    with pytest.raises(EnqueueError, match=r"127\.0\.0\.1:1/0.*nothing was enqueued") as caught:
+        dispatcher.trigger_event("order.created", "acme", idempotency_key="retry-me")
+    assert caught.value.idempotency_keys == ["retry-me"]
     assert time.monotonic() - started < 5  # bounded: a generous ceiling, not a benchmark
     dispatcher.close()
 
@@ -202,7 +203,7 @@ def test_redis_errors_other_than_connection_are_enqueue_errors(fake_redis: faker
             raise redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'")
 
     dispatcher = Dispatcher(make_settings(), redis_client=Broken())
-    with pytest.raises(EnqueueError, match="OOM"):
+    with pytest.raises(EnqueueError, match=r"OOM.*enqueue it again with the same idempotency key"):
         dispatcher.trigger_event("e", "acme")
 
 

@@ -101,7 +101,7 @@ def test_a_message_held_by_a_worker_or_still_queued_is_left_alone(fake_redis: fa
     held = dispatcher.trigger_event("e", "a").job_id
     waiting = dispatcher.trigger_event("e", "b").job_id
     fake_redis.rpop("refold")  # `held` goes to a worker, which records it as unacked
-    fake_redis.hset("unacked", f"{held}.1", "...")
+    fake_redis.hset("unacked", fake_redis.hget(f"refold:job:{held}", "tag"), "...")  # type: ignore[arg-type]
     published = float(fake_redis.zscore("refold:queued", waiting))  # type: ignore[arg-type]
 
     assert _promote_at(fake_redis, int(published) + 120_000) == 0
@@ -114,3 +114,24 @@ def test_a_begun_job_leaves_the_queued_index(fake_redis: fakeredis.FakeRedis) ->
     job_id = dispatcher.trigger_event("e", "a").job_id
     Scripts(fake_redis, ScriptContext.from_settings(settings)).run("begin", [job_id, "tok", 5000, 1000])
     assert fake_redis.zscore("refold:queued", job_id) is None
+
+
+def test_heal_leaves_jobs_still_in_the_queue_alone_behind_a_restored_message(fake_redis: fakeredis.FakeRedis) -> None:
+    settings = make_settings()
+    dispatcher = Dispatcher(settings, redis_client=fake_redis)
+    start = int(time.time() * 1000)
+    restored = dispatcher.trigger_event("e", "r").job_id
+    waiting = [dispatcher.trigger_event("e", f"a{n}").job_id for n in range(5)]
+    # `restored` was consumed first, its worker died, the watchdog published it again much later, and kombu put
+    # the original copy back at the consuming end of the queue (its tag still says when it was published).
+    original_copy = fake_redis.rpop("refold")
+    scripts = Scripts(fake_redis, ScriptContext.from_settings(settings))
+    scripts.run("begin", [restored, "dead", 5000, 1000], now_ms=start + 1000)
+    fake_redis.hset(f"refold:job:{restored}", "state", "delayed")
+    fake_redis.zadd("refold:delayed", {restored: 0})
+    scripts.run("promote", [500], now_ms=start + 100_000)  # the watchdog's publish: a recent copy
+    fake_redis.rpush("refold", original_copy)  # type: ignore[arg-type]
+
+    assert _promote_at(fake_redis, start + 130_000) == 0
+    assert fake_redis.llen("refold") == 7
+    assert {json.loads(m)["headers"]["id"] for m in fake_redis.lrange("refold", 0, -1)} >= set(waiting)

@@ -94,11 +94,16 @@ def _receipt(job: Job, result: Sequence[Any]) -> Receipt:
     return Receipt(job_id=job_id, idempotency_key=job.idempotency_key, duplicate=status == _DUPLICATE)
 
 
-def _enqueue_error(settings: Settings, exc: Exception) -> EnqueueError:
-    return EnqueueError(
-        f"could not store the job in Redis at {redis_location(settings.redis_url)}: {type(exc).__name__}: {exc}; "
-        "nothing was enqueued"
-    )
+def _enqueue_error(settings: Settings, exc: Exception, jobs: Sequence[Job]) -> EnqueueError:
+    where = redis_location(settings.redis_url)
+    keys = [job.idempotency_key for job in jobs]
+    if isinstance(exc, redis.ConnectionError) and "connecting" in str(exc):
+        outcome = "nothing was enqueued"  # the command never left this process
+    else:
+        # A timeout or a connection dropped mid-command: Redis may have run the script. Enqueueing again with
+        # the same idempotency key is safe either way: a stored job answers duplicate=True.
+        outcome = "the job may or may not be stored: enqueue it again with the same idempotency key"
+    return EnqueueError(f"Redis at {where} failed: {type(exc).__name__}: {exc}; {outcome}", idempotency_keys=keys)
 
 
 class _JobBuilding:
@@ -202,7 +207,7 @@ class Dispatcher(_JobBuilding):
         try:
             result = self.scripts.run("enqueue", args)
         except redis.RedisError as exc:
-            raise _enqueue_error(self.settings, exc) from exc
+            raise _enqueue_error(self.settings, exc, [job]) from exc
         return _receipt(job, result)
 
     def enqueue_many(self, jobs: Sequence[Job]) -> list[Receipt]:
@@ -220,7 +225,7 @@ class Dispatcher(_JobBuilding):
                     self.scripts.run("enqueue", args, pipeline=pipe)
                 results = pipe.execute()
         except redis.RedisError as exc:
-            raise _enqueue_error(self.settings, exc) from exc
+            raise _enqueue_error(self.settings, exc, jobs) from exc
         return [_receipt(job, result) for job, result in zip(jobs, results, strict=True)]
 
     def close(self) -> None:
@@ -291,7 +296,7 @@ class AsyncDispatcher(_JobBuilding):
         try:
             result = await self.scripts.run("enqueue", args)
         except redis.RedisError as exc:
-            raise _enqueue_error(self.settings, exc) from exc
+            raise _enqueue_error(self.settings, exc, [job]) from exc
         return _receipt(job, result)
 
     async def enqueue_many(self, jobs: Sequence[Job]) -> list[Receipt]:
@@ -304,7 +309,7 @@ class AsyncDispatcher(_JobBuilding):
                     await self.scripts.run("enqueue", args, pipeline=pipe)
                 results = await pipe.execute()
         except redis.RedisError as exc:
-            raise _enqueue_error(self.settings, exc) from exc
+            raise _enqueue_error(self.settings, exc, jobs) from exc
         return [_receipt(job, result) for job, result in zip(jobs, results, strict=True)]
 
     async def aclose(self) -> None:

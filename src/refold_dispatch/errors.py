@@ -63,7 +63,12 @@ class IdempotencyConflictError(RefoldDispatchError):
 
 
 class EnqueueError(RefoldDispatchError):
-    """The job could not be stored (Redis unreachable or failing); nothing was enqueued."""
+    """Redis did not confirm the job was stored; no receipt was issued. The message says whether anything may
+    have been stored; ``idempotency_keys`` are the jobs' keys, with which enqueueing again is always safe."""
+
+    def __init__(self, message: str, *, idempotency_keys: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.idempotency_keys = idempotency_keys or []
 
 
 class DeadLetteredError(RefoldDispatchError):

@@ -124,15 +124,22 @@ def check_redis_durability(client: redis.Redis) -> list[str]:
 
 @signals.celeryd_init.connect
 def _check_startup(**_: Any) -> None:
-    """Refuse to start without a usable API key; report the environment (never the key); warn on Redis."""
+    """Refuse to start without a usable API key (before anything else starts)."""
     settings = get_settings()
     configure_logging(settings)
     try:
         settings.require_api_key()
     except ConfigurationError as exc:
         raise SystemExit(f"refold-dispatch: {exc}") from None
+
+
+@signals.worker_ready.connect
+def _report_startup(**_: Any) -> None:
+    """Say which Refold environment this worker talks to (never the key) and warn about a fragile Redis.
+    (At ``worker_ready`` Celery's logging is set up; at ``celeryd_init`` these lines would be dropped.)"""
+    settings = get_settings()
     log.info(
-        "worker_starting",
+        "worker_ready",
         refold_environment=settings.environment,
         base_url=settings.base_url,
         queue=settings.queue,

@@ -1,7 +1,8 @@
 -- Start one delivery attempt of a job whose message a worker just received.
 -- ARGV[8] job id   [9] lease token (unique per attempt)   [10] lease ms   [11] lock retry ms
--- ARGV[12..17] the first flow-control permit, folded into this round trip ('' in [12] = skip): API key
---   fingerprint, rate per second, burst, longest wait ms, probe TTL ms, jitter ms added to a hold's due time
+-- ARGV[12..17] the first flow-control permit, folded into this round trip ('' in [12] = skip), the same
+--   arguments as acquire.lua: API key fingerprint, rate per second, burst, longest wait ms, probe token,
+--   probe TTL ms;  ARGV[18] jitter ms added to a hold's due time
 -- Returns one of:
 --   {'go', data, attempts, created_ms, credit_ms, wait_ms, probe}   deliver after wait_ms; the lease is held
 --   {'done', state}                                 already delivered / superseded / dead: drop this copy
@@ -77,10 +78,10 @@ end
 
 local wait_ms, probe = '0', 0
 if ARGV[12] ~= nil and ARGV[12] ~= '' then
-  local permit = flow_acquire(ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15]), token,
-    tonumber(ARGV[16]))
+  local permit = flow_acquire(ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15]), ARGV[16],
+    tonumber(ARGV[17]))
   if permit[1] ~= 'ok' then
-    local due = tonumber(permit[2]) + tonumber(ARGV[17])
+    local due = tonumber(permit[2]) + tonumber(ARGV[18])
     -- An open breaker or a shared pause is an outage: its length does not count against the job's age.
     if permit[1] ~= 'rate' then redis.call('HINCRBY', j, 'credit', math.max(due - NOW, 0)) end
     redis.call('HSET', j, 'state', 'delayed', 'next_due', due, 'defer_reason', permit[1])

@@ -42,10 +42,10 @@ local direct = count < SHARE and redis.call('EXISTS', backlog_key(acct)) == 0
 local j = job_key(id)
 redis.call('HSET', j, 'data', ARGV[13], 'fp', fp, 'kind', kind, 'acct', acct, 'key', key, 'msg_head', head,
   'msg_tail', tail, 'created', NOW, 'attempts', 0, 'credit', 0, 'state', direct and 'queued' or 'backlog',
-  'pubs', direct and 1 or 0, 'queued_at', NOW, unpack(order))
+  'pubs', direct and 1 or 0, 'queued_at', NOW, 'tag', delivery_tag(id, 1), unpack(order))
 redis.call('EXPIRE', j, TTL)
 if direct then
-  redis.call('LPUSH', QUEUE, head .. id .. '.1' .. tail)
+  redis.call('LPUSH', QUEUE, head .. delivery_tag(id, 1) .. tail)
   redis.call('ZADD', active, NOW, id)
   redis.call('EXPIRE', active, TTL)
   redis.call('ZADD', QUEUED, NOW, id)

@@ -59,16 +59,23 @@ local function push_history(id, entry)
   end
 end
 
+-- kombu tracks unacked messages by delivery tag, so each copy of a job's message gets its own: the job id,
+-- the publish count and the publish time (which heal_lost in promote.lua reads back from the queue).
+local function delivery_tag(id, n)
+  return id .. '.' .. n .. '.' .. NOW
+end
+
 -- Put the job's Celery message on the queue. The message was built once at enqueue; only its delivery tag is
 -- new each time (kombu tracks unacked messages by tag), so every publish of a job keeps the job's task id.
 local function publish(id)
   local f = redis.call('HMGET', job_key(id), 'msg_head', 'msg_tail', 'acct')
   if not f[1] then return false end
   local n = redis.call('HINCRBY', job_key(id), 'pubs', 1)
-  redis.call('LPUSH', QUEUE, f[1] .. id .. '.' .. n .. f[2])
+  local tag = delivery_tag(id, n)
+  redis.call('LPUSH', QUEUE, f[1] .. tag .. f[2])
   redis.call('ZADD', active_key(f[3]), NOW, id)
   redis.call('EXPIRE', active_key(f[3]), TTL)
-  redis.call('HSET', job_key(id), 'state', 'queued', 'queued_at', NOW)
+  redis.call('HSET', job_key(id), 'state', 'queued', 'queued_at', NOW, 'tag', tag)
   redis.call('ZADD', QUEUED, NOW, id)
   return true
 end
@@ -93,7 +100,8 @@ end
 
 -- The fairness gate: publish now, or hold the job in its account's backlog while the account has its share
 -- of the queue already.
-local function admit(id)
+-- A job coming back (a retry, a watchdog) goes to the front of the backlog: it has queued once already.
+local function admit(id, returning)
   local acct = redis.call('HGET', job_key(id), 'acct')
   if not acct then return false end
   local ak = active_key(acct)
@@ -101,7 +109,11 @@ local function admit(id)
   if redis.call('ZCARD', ak) < SHARE and redis.call('LLEN', backlog_key(acct)) == 0 then
     return publish(id)
   end
-  redis.call('RPUSH', backlog_key(acct), id)
+  if returning then
+    redis.call('LPUSH', backlog_key(acct), id)
+  else
+    redis.call('RPUSH', backlog_key(acct), id)
+  end
   redis.call('EXPIRE', backlog_key(acct), TTL)
   redis.call('ZADD', BACKLOGS, NOW, acct)
   redis.call('HSET', job_key(id), 'state', 'backlog')

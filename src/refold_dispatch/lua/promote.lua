@@ -10,7 +10,7 @@ for _, id in ipairs(due) do
   if f[1] and not FINAL[f[1]] then
     if f[1] == 'waiting' then redis.call('ZREM', waiting_key(f[2]), id) end
     if f[1] ~= 'backlog' then
-      admit(id)
+      admit(id, true)
       moved = moved + 1
     end
   end
@@ -19,25 +19,26 @@ local quiet = redis.call('ZRANGEBYSCORE', BACKLOGS, '-inf', NOW - 30000, 'LIMIT'
 for _, acct in ipairs(quiet) do refill(acct) end
 
 -- Heal messages lost in transit. kombu's Redis transport pops a message (BRPOP) and records it as unacked in a
--- second step: a worker killed between the two loses the message. A job still 'queued' long after it was
--- published, whose message is neither in a worker's hands (kombu's unacked hash, by delivery tag) nor still
--- waiting in the queue (the queue is FIFO: everything published before the oldest message in it has been
--- popped), was lost that way, and is published again. Anything unsure is left alone.
+-- second step: a worker killed between the two loses the message. A job still 'queued' long after its latest
+-- copy was published, whose copy is neither in a worker's hands (kombu's unacked hash, by delivery tag) nor
+-- still in the queue, was lost that way, and is published again. "Still in the queue" is read off the next
+-- message to be consumed (the list's tail): consumption is first in, first out, and kombu puts messages it
+-- restores back at the tail, so once a copy published at time T has been popped, every copy published before
+-- T has been popped too. The publish time comes from the tail's own delivery tag; anything unsure is left.
 local suspects = redis.call('ZRANGEBYSCORE', QUEUED, '-inf', NOW - 60000, 'LIMIT', 0, 50)
 if #suspects > 0 then
-  local oldest_in_queue = math.huge
-  local tail = redis.call('LINDEX', QUEUE, -1)
-  if tail then
-    local tail_id = string.match(tail, '"task": "[^"]*", "id": "([^"]+)"')
-    local tail_published = tail_id and redis.call('ZSCORE', QUEUED, tail_id)
-    oldest_in_queue = tonumber(tail_published) or -1
+  local popped_before = math.huge
+  local next_out = redis.call('LINDEX', QUEUE, -1)
+  if next_out then
+    local published = string.match(next_out, '"delivery_tag": "[^"]*%.(%d+)"}}$')
+    popped_before = tonumber(published) or -1
   end
   for _, id in ipairs(suspects) do
-    local f = redis.call('HMGET', job_key(id), 'state', 'pubs')
+    local f = redis.call('HMGET', job_key(id), 'state', 'tag')
     local published = tonumber(redis.call('ZSCORE', QUEUED, id))
-    if f[1] ~= 'queued' then
+    if f[1] ~= 'queued' or not f[2] then
       redis.call('ZREM', QUEUED, id)
-    elseif published < oldest_in_queue and redis.call('HEXISTS', UNACKED, id .. '.' .. (f[2] or '0')) == 0 then
+    elseif published < popped_before and redis.call('HEXISTS', UNACKED, f[2]) == 0 then
       publish(id)
       moved = moved + 1
     end
