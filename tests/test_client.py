@@ -1074,3 +1074,29 @@ async def test_async_client_uses_settings_timeouts_and_closes() -> None:
     await refold.close()
     with pytest.raises(RuntimeError, match="closed"):
         await refold.trigger_event("signup", "acct-1")
+
+
+def test_the_workers_request_for_a_job_equals_the_public_builders() -> None:
+    """The worker sends enqueued jobs through _build_job_request (no second validation): it must build exactly
+    the request the validated public methods build, so the contract tests cover it too."""
+    from refold_dispatch.jobs import trigger_event_job, upsert_linked_account_job
+
+    endpoints = client_module.Endpoints.from_settings(Settings(_env_file=None))  # type: ignore[call-arg]
+    event = trigger_event_job(
+        "order.created", "acct/1", {"n": [1, {"x": None}]}, idempotency_key="k1", config_id="c", slug="s",
+        instance_tag="t",
+    )  # fmt: skip
+    assert client_module._build_job_request(endpoints, event) == client_module._build_trigger_event(
+        endpoints, "order.created", "acct/1", {"n": [1, {"x": None}]}, config_id="c", slug="s", instance_tag="t",
+        idempotency_key="k1",
+    )  # fmt: skip
+    for upsert in (
+        upsert_linked_account_job("acct/1", idempotency_key="k2"),
+        upsert_linked_account_job(
+            "acct/1", name="Acme", udf={"plan": "pro"}, your_app={"auth_credentials": {"k": "v"}}, idempotency_key="k3"
+        ),
+    ):
+        p = upsert.params
+        assert client_module._build_job_request(endpoints, upsert) == client_module._build_upsert_linked_account(
+            endpoints, "acct/1", name=p.name, udf=p.udf, your_app=p.your_app, idempotency_key=upsert.idempotency_key
+        )

@@ -44,6 +44,7 @@ from refold_dispatch.errors import (
     error_from_response,
     error_from_transport,
 )
+from refold_dispatch.jobs import Job, TriggerEventParams
 from refold_dispatch.models import (
     DeleteResult,
     LinkedAccount,
@@ -211,6 +212,31 @@ def _build_upsert_linked_account(
         _headers(key),
         json_body=body,
         idempotency_key=key,
+    )
+
+
+def _build_job_request(endpoints: Endpoints, job: Job) -> RequestSpec:
+    """The request for an enqueued job, for the worker. The job's fields were validated when it was enqueued
+    (and come back from Redis as plain JSON), so they are assembled here, not walked and checked again on every
+    attempt; ``tests/test_client.py`` pins the result equal to the public builders' request."""
+    params = job.params
+    key = job.idempotency_key
+    if isinstance(params, TriggerEventParams):
+        extra = {
+            "linked_account_id": params.linked_account_id,
+            "config_id": params.config_id,
+            "slug": params.slug,
+            "instance_tag": params.instance_tag,
+        }
+        body: dict[str, Any] = {"event": params.event, "payload": params.payload}
+        return RequestSpec(
+            "trigger_event", "POST", endpoints.trigger_event, _headers(key, extra), json_body=body, idempotency_key=key
+        )
+    body = {"linked_account_id": params.linked_account_id}
+    optional = {"name": params.name, "udf": params.udf, "your_app": params.your_app}
+    body.update({name: value for name, value in optional.items() if value is not None})
+    return RequestSpec(
+        "upsert_linked_account", "PUT", endpoints.linked_account, _headers(key), json_body=body, idempotency_key=key
     )
 
 
@@ -509,6 +535,14 @@ class RefoldClient(_ClientBase):
             ) from exc
         _raise_for_status(response, spec, self._max_retry_after)
         return response
+
+    def send_job(self, job: Job) -> TriggerEventResult | LinkedAccount:
+        """Send an enqueued job's request (the worker's call), with the job's idempotency key."""
+        spec = _build_job_request(self._endpoints, job)
+        response = self._send(spec)
+        if spec.operation == "trigger_event":
+            return _parse_trigger_event(response)
+        return _parse_linked_account(response, spec)
 
     def trigger_event(
         self,

@@ -168,16 +168,24 @@ class Deliverer:
     def _send_with_quick_retries(self, job: Job, first_permit: Permit) -> tuple[object, bool]:
         """Send with quick retries; returns the result and whether the successful try was the breaker's probe."""
         s = self.settings
-        permits = [first_permit]
-        deadline = time.monotonic() + s.quick_retry_budget_seconds
+        started = time.monotonic()
+        deadline = started + s.quick_retry_budget_seconds
+        try:
+            # The first try runs bare: a tenacity loop costs more than the try itself on the common path.
+            return self._send_once(job, first_permit)
+        except Exception as exc:
+            if s.quick_retry_attempts <= 1 or not is_quick_retryable(exc, deadline - time.monotonic()):
+                raise
+        self.sleep(quick_retry_wait(1, self.rng))
         retrying = Retrying(
-            stop=stop_after_attempt(s.quick_retry_attempts) | stop_after_delay(s.quick_retry_budget_seconds),
+            stop=stop_after_attempt(s.quick_retry_attempts - 1)
+            | stop_after_delay(max(s.quick_retry_budget_seconds - (time.monotonic() - started), 0.0)),
             retry=retry_if_exception(lambda exc: is_quick_retryable(exc, deadline - time.monotonic())),
-            wait=lambda state: quick_retry_wait(state.attempt_number, self.rng),
+            wait=lambda state: quick_retry_wait(state.attempt_number + 1, self.rng),
             sleep=self.sleep,
             reraise=True,
         )
-        return retrying(lambda: self._send_once(job, permits.pop() if permits else None))
+        return retrying(lambda: self._send_once(job, None))
 
     def _send_once(self, job: Job, permit: Permit | Hold | None) -> tuple[object, bool]:
         if permit is None:
@@ -197,24 +205,7 @@ class Deliverer:
         return result, permit.probe
 
     def _call_refold(self, job: Job) -> object:
-        params = job.params
-        if isinstance(params, TriggerEventParams):
-            return self.client.trigger_event(
-                params.event,
-                params.linked_account_id,
-                params.payload,
-                config_id=params.config_id,
-                slug=params.slug,
-                instance_tag=params.instance_tag,
-                idempotency_key=job.idempotency_key,
-            )
-        return self.client.upsert_linked_account(
-            params.linked_account_id,
-            name=params.name,
-            udf=params.udf,
-            your_app=params.your_app,
-            idempotency_key=job.idempotency_key,
-        )
+        return self.client.send_job(job)
 
     # -- endings --------------------------------------------------------------------------------------------
 
@@ -310,6 +301,10 @@ class Deliverer:
 
     def _redis(self, call: Callable[[], T], *, budget: float = REDIS_RETRY_SECONDS) -> T:
         """Run a Redis call, riding out a short outage (a restart) with backoff before giving up."""
+        try:
+            return call()  # the common path, without building a retry loop
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass
         retrying = Retrying(
             stop=stop_after_delay(budget),
             retry=retry_if_exception(lambda exc: isinstance(exc, redis.ConnectionError | redis.TimeoutError)),
