@@ -10,6 +10,8 @@ local j = job_key(id)
 local f = redis.call('HMGET', j, 'kind', 'acct', 'seq', 'state')
 if not f[1] then return 0 end
 redis.call('HSET', j, 'state', 'delivered', 'delivered_at', NOW, 'status', ARGV[10], 'request_id', ARGV[11])
+-- A delivered job is never published again: its message (a third of its record) is dead weight for 72 h.
+redis.call('HDEL', j, 'msg_head', 'msg_tail')
 push_history(id, ARGV[12])
 touch(id)
 release_lease(id, token)

@@ -189,6 +189,7 @@ dead_letter = function(id, reason, error_json, detail)
     .. ',"job":' .. f[1] .. '}'
   store_dead_letter(id, entry)
   redis.call('HSET', j, 'state', 'dead', 'dead_reason', reason, 'dead_at', NOW)
+  redis.call('HDEL', j, 'msg_head', 'msg_tail')  -- a replay builds the message anew from the dead letter
   if error_json ~= nil and error_json ~= '' then redis.call('HSET', j, 'last_error', error_json) end
   touch(id)
   redis.call('ZREM', DELAYED, id)
