@@ -133,10 +133,9 @@ class Settings(BaseSettings):
 
     task_time_limit_seconds: int = Field(default=DEFAULT_TASK_TIME_LIMIT_SECONDS, gt=0)
     visibility_timeout_seconds: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT_SECONDS, gt=0)
-    # threads: delivery is I/O-bound, and bench/ measured the full pipeline fastest on it (README, Performance).
-    # Celery enforces hard time limits only on prefork; on threads every attempt is bounded by the HTTP timeouts
-    # and retry budgets instead, well inside the lease. Choose prefork for hard limits on every task.
-    worker_pool: Literal["prefork", "threads", "solo", "gevent", "eventlet"] = "threads"
+    # prefork: the only pool on which Celery enforces the hard time limit per task that the lease relies on.
+    # threads measured faster in some bench/ runs (README, Performance) and is an option where that matters more.
+    worker_pool: Literal["prefork", "threads", "solo", "gevent", "eventlet"] = "prefork"
 
     rate_limit: float = Field(default=DEFAULT_RATE_LIMIT, gt=0)
     rate_burst: int = Field(default=DEFAULT_RATE_BURST, ge=1)

@@ -37,6 +37,8 @@ log = structlog.get_logger("refold_dispatch.worker")
 
 # kombu sweeps for expired unacked messages this often (its default is 10 s x a throttle of 10 = 100 s).
 RESTORE_SWEEP_SECONDS = 5
+# A pool process starts near 80 MiB; past this it is recycled (Celery counts KiB).
+MAX_MEMORY_PER_CHILD_KIB = 250_000
 # If a worker dies holding kombu's restore mutex, others wait this long (kombu's default: 5 minutes).
 RESTORE_MUTEX_SECONDS = 30
 
@@ -79,6 +81,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
+        # A pool process that has grown past this is replaced after its current task (bench/ saw Celery's failure
+        # path hold on to memory after many dead letters).
+        "worker_max_memory_per_child": MAX_MEMORY_PER_CHILD_KIB,
         "task_time_limit": settings.task_time_limit_seconds,
         "task_soft_time_limit": max(settings.task_time_limit_seconds - 5, 1),
         "task_queues": [queue],
