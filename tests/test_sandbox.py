@@ -478,7 +478,8 @@ def test_slow_fault_processes_late(sandbox: SandboxServer, client: httpx.Client)
     assert response.status_code == 200
     [record] = sandbox.admin.requests()
     assert (record["outcome"], record["fault"]) == ("delivered", "slow")
-    assert record["duration_ms"] >= SHORT_DELAY * 1000
+    # asyncio's timer may fire a hair early on a coarse clock: allow a millisecond.
+    assert record["duration_ms"] >= SHORT_DELAY * 1000 - 1
 
 
 def test_latency_applies_to_every_api_request_not_admin(sandbox: SandboxServer, client: httpx.Client) -> None:

@@ -509,7 +509,7 @@ def test_killed_pool_child_job_is_delivered_once(
     sandbox.admin.seed_accounts([acct])
     sandbox.admin.set_faults(hang_rate=1.0, hang_seconds=60)
     worker = start_worker("w1", concurrency=1, **{**FAST, **SHORT_LIMITS})
-    [child] = wait_for(worker.children, timeout=10, what="w1's pool process")
+    [child] = wait_for(worker.children, timeout=30, what="w1's pool process")
     receipt = dispatcher.trigger_event("order.created", acct, {"order": 7})
     wait_state(real_redis, receipt, "active")
 
