@@ -9,6 +9,7 @@
     ├── EnqueueError                     Redis did not store the job; no receipt was issued
     ├── DeadLetteredError                a job ended in the dead-letter queue (the task's FAILURE outcome)
     ├── DeadLetterNotFoundError          no dead letter with that id
+    ├── DevStackError                    `refold-dispatch dev` cannot start its stack (in devstack.py)
     └── RefoldError                      Refold (or the road to it) failed a request
         ├── TransientError               worth retrying: timeouts, network errors, 408, 429, 5xx
         │   └── RateLimitedError         429: everyone backs off, honouring Retry-After
