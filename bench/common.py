@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 import redis
-from tests.support import RedisServer, free_port, wait_for
+from tests.support import RedisServer, celery_worker_argv, free_port, wait_for
 
 from refold_dispatch.config import Settings
 from refold_dispatch.sandbox.admin import SandboxAdmin
@@ -220,25 +220,9 @@ class Worker:
     def start(self) -> Worker:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    self.app,
-                    "worker",
-                    "--loglevel",
-                    "INFO",
-                    "-P",
-                    self.pool,
-                    "-c",
-                    str(self.concurrency),
-                    "-n",
-                    self.hostname,
-                    "--without-mingle",
-                    "--without-gossip",
-                    *self.extra,
-                ],
+                celery_worker_argv(
+                    self.app, self.hostname, pool=self.pool, concurrency=self.concurrency, extra=self.extra
+                ),
                 env=dict(self.env),
                 cwd=str(ROOT),
                 stdout=log,

@@ -8,6 +8,7 @@ README starts it, and the sandbox as a real HTTP server.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -134,6 +135,14 @@ def worker_env(redis_url: str, base_url: str, **overrides: str) -> dict[str, str
     return env
 
 
+def celery_worker_argv(app: str, hostname: str, *, pool: str, concurrency: int, extra: Sequence[str] = ()) -> list[str]:
+    """``celery -A <app> worker`` as the README starts it (mingle and gossip off: faster, quieter starts)."""
+    return [
+        sys.executable, "-m", "celery", "-A", app, "worker", "--loglevel", "INFO", "-P", pool,
+        "-c", str(concurrency), "-n", hostname, "--without-mingle", "--without-gossip", *extra,
+    ]  # fmt: skip
+
+
 @dataclass
 class WorkerProcess:
     """``celery -A refold_dispatch.worker worker``, started as users start it."""
@@ -152,24 +161,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "refold_dispatch.worker",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "-P",
-                self.pool,
-                "-c",
-                str(self.concurrency),
-                "-n",
-                self.hostname,
-                "--without-mingle",
-                "--without-gossip",
-            ],
+            celery_worker_argv("refold_dispatch.worker", self.hostname, pool=self.pool, concurrency=self.concurrency),
             env=dict(self.env),
             cwd=str(ROOT),
             stdout=log,
@@ -231,3 +223,27 @@ def job_state(client: redis.Redis, job_id: str, prefix: str = "refold") -> str |
 # Read at import, before conftest.py strips REFOLD_* variables from the environment: it only selects the long
 # run of the reliability suite (tests/reliability), it configures no behaviour.
 CHAOS_LONG = os.environ.get("REFOLD_CHAOS_LONG") == "1"
+
+
+def redis_dump(client: redis.Redis) -> Iterator[tuple[bytes, bytes]]:
+    """Every key and every value (members, fields, scores' members) in Redis, as bytes."""
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        values: list[Any]
+        if kind == b"string":
+            values = [client.get(key)]
+        elif kind == b"hash":
+            values = [item for pair in client.hgetall(key).items() for item in pair]
+        elif kind == b"list":
+            values = list(client.lrange(key, 0, -1))
+        elif kind == b"set":
+            values = list(client.smembers(key))
+        elif kind == b"zset":
+            values = [member for member, _ in client.zrange(key, 0, -1, withscores=True)]
+        elif kind == b"stream":
+            values = [json.dumps(str(entry)).encode() for entry in client.xrange(key)]
+        else:
+            values = []
+        for value in values:
+            if value is not None:
+                yield key, value if isinstance(value, bytes) else str(value).encode()

@@ -27,7 +27,7 @@ from refold_dispatch.dispatcher import Dispatcher, Receipt
 from refold_dispatch.dlq import DeadLetter, DeadLetterFilter, DeadLetterQueue
 from refold_dispatch.message import TRIGGER_EVENT_TASK, task_message
 from refold_dispatch.sandbox import DEFAULT_KNOWN_EVENTS
-from tests.support import TEST_API_KEY, RedisServer, WorkerProcess, job_state, wait_for
+from tests.support import TEST_API_KEY, RedisServer, WorkerProcess, job_state, redis_dump, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -122,27 +122,6 @@ def dead_letter(dlq: DeadLetterQueue, receipt: Receipt, reason: str, timeout: fl
     entry = dlq.get(receipt.job_id)
     assert entry.reason == reason, entry
     return entry
-
-
-def redis_dump(client: redis.Redis) -> Iterator[tuple[bytes, bytes]]:
-    """Every key and every value in Redis, as bytes."""
-    for key in client.scan_iter(count=500):
-        kind = client.type(key)
-        values: list[Any]
-        if kind == b"string":
-            values = [client.get(key)]
-        elif kind == b"hash":
-            values = [item for pair in client.hgetall(key).items() for item in pair]
-        elif kind == b"list":
-            values = list(client.lrange(key, 0, -1))
-        elif kind == b"set":
-            values = list(client.smembers(key))
-        elif kind == b"zset":
-            values = [member for member, _ in client.zrange(key, 0, -1, withscores=True)]
-        else:
-            values = []
-        for value in values:
-            yield key, value if isinstance(value, bytes) else str(value).encode()
 
 
 def assert_secret_absent(client: redis.Redis, dlq: DeadLetterQueue, *workers: WorkerProcess) -> None:

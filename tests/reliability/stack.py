@@ -9,7 +9,6 @@ Refold's stand-in (the workers' read timeout is one second).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -26,7 +25,7 @@ import httpx
 import redis
 
 from refold_dispatch.sandbox import SandboxAdmin
-from tests.support import ROOT, TEST_API_KEY, RedisServer, WorkerProcess, free_port, wait_for, worker_env
+from tests.support import ROOT, TEST_API_KEY, RedisServer, WorkerProcess, free_port, redis_dump, wait_for, worker_env
 
 PREFIX = "refold"
 QUEUE = "refold"
@@ -255,30 +254,6 @@ def pipeline_idle_problems(client: redis.Redis) -> list[str]:
     if live:
         problems.append(f"{len(live)} non-final jobs in {PREFIX}:delayed (e.g. {live[:3]})")
     return problems
-
-
-def redis_dump(client: redis.Redis) -> Iterator[tuple[bytes, bytes]]:
-    """Every key and every value (members, fields, scores' members) in Redis, as bytes."""
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key)
-        values: list[Any]
-        if kind == b"string":
-            values = [client.get(key)]
-        elif kind == b"hash":
-            values = [item for pair in client.hgetall(key).items() for item in pair]
-        elif kind == b"list":
-            values = list(client.lrange(key, 0, -1))
-        elif kind == b"set":
-            values = list(client.smembers(key))
-        elif kind == b"zset":
-            values = [member for member, _ in client.zrange(key, 0, -1, withscores=True)]
-        elif kind == b"stream":
-            values = [json.dumps(str(entry)).encode() for entry in client.xrange(key)]
-        else:
-            values = []
-        for value in values:
-            if value is not None:
-                yield key, value if isinstance(value, bytes) else str(value).encode()
 
 
 # -- reading worker logs -------------------------------------------------------------------------------------
