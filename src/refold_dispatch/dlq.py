@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from refold_dispatch.config import Settings
 from refold_dispatch.errors import DeadLetterNotFoundError
-from refold_dispatch.jobs import Job, TriggerEventParams
+from refold_dispatch.jobs import Job
 from refold_dispatch.keys import Keys
 from refold_dispatch.message import build_message
 from refold_dispatch.scripts import ScriptContext, Scripts
@@ -237,21 +237,10 @@ def describe_entry(entry: DeadLetter) -> dict[str, Any]:
     return shown
 
 
-def payload_of(entry: DeadLetter) -> dict[str, Any] | None:
-    if entry.job is None:
-        return None
-    job = Job.model_validate(entry.job)
-    return job.params.payload if isinstance(job.params, TriggerEventParams) else None
-
-
 def _text(value: Any) -> str:
     if value is None:
         return ""
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def dumps(entries: Sequence[DeadLetter]) -> str:
-    return json.dumps([describe_entry(entry) for entry in entries], indent=2)
 
 
 def store_invalid(
