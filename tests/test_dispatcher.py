@@ -236,7 +236,7 @@ def test_message_templates_equal_the_reference_builders(account: str) -> None:
         jobs.upsert_linked_account_job(account, name="n", udf={"k": "v"}),
     ):
         described = repr(message.describe(job))
-        fast = message._job_message(job, "refold", described)
+        fast = message._job_message(job, "refold", json.dumps(described))
         reference = message.task_message(
             message.TASK_FOR_KIND[job.kind], job.id, [job.id], exchange="", routing_key="refold",
             kwargs_repr=described, delivery_tag=message._TAG_PLACEHOLDER,
@@ -246,3 +246,65 @@ def test_message_templates_equal_the_reference_builders(account: str) -> None:
         assert event == message.sent_event_reference(
             job, "refold", described, timestamp=1795983418.0729632, delivery_tag=f"{job.id}.sent"
         )
+
+
+def _real_url(client: redis.Redis) -> str:
+    return f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
+
+
+def test_enqueue_many_streams_several_script_calls_with_dedupe_across_them(real_redis: redis.Redis) -> None:
+    from refold_dispatch.dispatcher import ENQUEUE_BATCH
+
+    with Dispatcher(make_settings(redis_url=_real_url(real_redis))) as dispatcher:
+        early = dispatcher.event_job("order.created", "acct-early", {"n": -1}, idempotency_key="early")
+        dispatcher.enqueue(early)
+        batch = [dispatcher.event_job("order.created", f"acct-{n}", {"n": n}) for n in range(2 * ENQUEUE_BATCH + 7)]
+        batch.insert(ENQUEUE_BATCH + 3, batch[1])  # repeated in a later script call of the same stream
+        batch.append(early)  # enqueued before the stream
+        conflicting = dispatcher.event_job("order.created", "acct-early", {"n": -2}, idempotency_key="early")
+        batch.insert(5, conflicting)
+
+        with pytest.raises(IdempotencyConflictError) as caught:
+            dispatcher.enqueue_many(batch)
+        assert caught.value.existing_job_id == early.id
+        # Every other job was stored once, in order, despite the conflict in the first script call.
+        receipts = dispatcher.enqueue_many([job for job in batch if job is not conflicting])
+
+    assert all(r.duplicate for r in receipts)
+    assert [r.job_id for r in receipts] == [job.id for job in batch if job is not conflicting]
+    assert real_redis.llen("refold") == 1 + 2 * ENQUEUE_BATCH + 7
+
+
+def test_enqueue_many_reloads_the_script_after_redis_forgets_it(real_redis: redis.Redis) -> None:
+    with Dispatcher(make_settings(redis_url=_real_url(real_redis))) as dispatcher:
+        dispatcher.enqueue_many([dispatcher.event_job("e", f"a{n}") for n in range(3)])
+        real_redis.script_flush()  # what a Redis restart does to the script cache
+        receipts = dispatcher.enqueue_many([dispatcher.event_job("e", f"b{n}") for n in range(120)])
+    assert not any(r.duplicate for r in receipts)
+    assert real_redis.llen("refold") == 123
+
+
+def test_enqueue_many_error_reply_is_an_enqueue_error_and_the_connection_stays_usable(
+    real_redis: redis.Redis,
+) -> None:
+    with Dispatcher(make_settings(redis_url=_real_url(real_redis))) as dispatcher:
+        real_redis.config_set("maxmemory", 1)  # noeviction: every write is refused with OOM
+        try:
+            with pytest.raises(EnqueueError, match=r"OutOfMemoryError.*same idempotency key") as caught:
+                dispatcher.enqueue_many([dispatcher.event_job("e", f"a{n}") for n in range(120)])
+        finally:
+            real_redis.config_set("maxmemory", 0)
+        assert len(caught.value.idempotency_keys) == 120
+        receipts = dispatcher.enqueue_many([dispatcher.event_job("e", f"b{n}") for n in range(120)])
+    assert len(receipts) == 120 and real_redis.llen("refold") == 120
+
+
+async def test_async_enqueue_many_streams_on_a_real_redis(real_redis: redis.Redis) -> None:
+    async with AsyncDispatcher(make_settings(redis_url=_real_url(real_redis))) as dispatcher:
+        batch = [dispatcher.event_job("e", f"a{n}", {"n": n}) for n in range(130)]
+        first = await dispatcher.enqueue_many(batch)
+        real_redis.script_flush()
+        again = await dispatcher.enqueue_many(batch)
+    assert not any(r.duplicate for r in first) and all(r.duplicate for r in again)
+    assert [r.job_id for r in again] == [job.id for job in batch]
+    assert real_redis.llen("refold") == 130

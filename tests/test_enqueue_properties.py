@@ -71,3 +71,54 @@ def test_upsert_stores_a_whole_job_or_nothing(account: Any, name: Any, udf: Any,
         assert snapshot(client) == {}
         return
     assert_complete_job(client, receipt.job_id)
+
+
+label_text = st.text(max_size=12) | st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=127), max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=label_text, max_length=st.integers(min_value=1, max_value=8))
+def test_label_fast_path_answers_as_the_thorough_checks(value: str, max_length: int) -> None:
+    """The one-regex fast path for plain ASCII labels accepts exactly what the character checks accept."""
+    import re
+
+    from refold_dispatch import validation
+
+    def outcome(check: Any) -> object:
+        try:
+            return check()
+        except ValidationError as exc:
+            return ("error", str(exc))
+
+    checks = (
+        lambda: validation._check_label("event", value, max_length=max_length),
+        lambda: validation.validate_header_value("slug", value, max_length=max_length),
+    )
+    fast = [outcome(check) for check in checks]
+    original = validation._PLAIN_ASCII_LABEL
+    validation._PLAIN_ASCII_LABEL = re.compile(r"(?!)")  # matches nothing: only the thorough checks run
+    try:
+        thorough = [outcome(check) for check in checks]
+    finally:
+        validation._PLAIN_ASCII_LABEL = original
+    assert fast == thorough
+
+
+def test_assembled_jobs_equal_what_pydantic_constructs() -> None:
+    """jobs._assemble skips model_construct's bookkeeping; the models it makes behave the same."""
+    from refold_dispatch.jobs import TriggerEventParams, trigger_event_job, upsert_linked_account_job
+
+    job = trigger_event_job("order.created", "acme", {"b": [1, {"c": None}], "a": "ü"}, slug="shop")
+    params = TriggerEventParams.model_construct(**dict(job.params))
+    constructed = Job.model_construct(
+        id=job.id, idempotency_key=job.idempotency_key, created_at=job.created_at, params=params
+    )
+    assert job == constructed and job.params == params
+    assert job.to_json() == constructed.to_json()
+    assert job.params.model_fields_set == params.model_fields_set
+    assert Job.from_json(job.to_json()) == job
+    assert job.fingerprint() == Job.from_json(job.to_json()).fingerprint()
+    assert job.payload_size() == Job.from_json(job.to_json()).payload_size()
+    assert job.model_copy(update={"id": "x"}).fingerprint() == job.fingerprint()
+    upsert = upsert_linked_account_job("acme", name="Acme")
+    assert Job.from_json(upsert.to_json()) == upsert

@@ -53,14 +53,14 @@ def describe(job: Job, *, show_payload: bool = False) -> dict[str, object]:
 
 def build_message(job: Job, queue: str, *, show_payload: bool = False) -> tuple[str, str]:
     """The job's Celery message as (head, tail): ``head + delivery_tag + tail`` is the message to LPUSH."""
-    return _split(_job_message(job, queue, repr(describe(job, show_payload=show_payload))))
+    return _split(_job_message(job, queue, json.dumps(repr(describe(job, show_payload=show_payload)))))
 
 
 def build_publication(job: Job, queue: str, *, show_payload: bool = False) -> tuple[str, str, str]:
     """The message (head, tail) and the ``task-sent`` event announcing it to Flower, sharing one description."""
-    kwargs_repr = repr(describe(job, show_payload=show_payload))
-    head, tail = _split(_job_message(job, queue, kwargs_repr))
-    return head, tail, sent_event(job, queue, kwargs_repr)
+    kwargs_json = json.dumps(repr(describe(job, show_payload=show_payload)))
+    head, tail = _split(_job_message(job, queue, kwargs_json))
+    return head, tail, _sent_event(job, queue, kwargs_json, time.time())
 
 
 # Stand-ins in the cached message template; each is replaced once per job (see _job_message).
@@ -68,6 +68,7 @@ _ID_MARK = "00000000-0000-4000-8000-0000000000ff"
 _KWARGS_MARK = "@refold-kwargs@"
 _BODY_MARK = "@refold-body@"
 _EMBED_JSON = json.dumps(_EMBED)
+_KWARGS_MARK_JSON = json.dumps(_KWARGS_MARK)
 
 
 @cache
@@ -87,11 +88,12 @@ def _job_template(task: str, queue: str) -> str:
     return reference.replace(json.loads(reference)["body"], _BODY_MARK, 1)
 
 
-def _job_message(job: Job, queue: str, kwargs_repr: str) -> str:
+def _job_message(job: Job, queue: str, kwargs_json: str) -> str:
+    """The message filled in; ``kwargs_json`` is the description as a JSON string literal."""
     body = base64.b64encode(f'[["{job.id}"], {{}}, {_EMBED_JSON}]'.encode()).decode()
-    # The caller-influenced text (kwargs_repr) goes in last, so nothing in it is ever substituted.
+    # The caller-influenced text (kwargs_json) goes in last, so nothing in it is ever substituted.
     text = _job_template(TASK_FOR_KIND[job.kind], queue).replace(_BODY_MARK, body, 1).replace(_ID_MARK, job.id)
-    return text.replace(json.dumps(_KWARGS_MARK), json.dumps(kwargs_repr), 1)
+    return text.replace(_KWARGS_MARK_JSON, kwargs_json, 1)
 
 
 def _split(text: str) -> tuple[str, str]:
@@ -112,18 +114,22 @@ def _utcoffset() -> int:
 def sent_event(job: Job, queue: str, kwargs_repr: str, *, timestamp: float | None = None) -> str:
     """A Celery ``task-sent`` event, so Flower shows a job from the moment it is enqueued, as ``apply_async``
     with ``task_send_sent_event`` would. Filled into a cached template (see ``_event_template``)."""
+    return _sent_event(job, queue, json.dumps(kwargs_repr), time.time() if timestamp is None else timestamp)
+
+
+def _sent_event(job: Job, queue: str, kwargs_json: str, timestamp: float) -> str:
     event_template, envelope_template = _event_templates(TASK_FOR_KIND[job.kind], queue)
-    when = time.time() if timestamp is None else timestamp
     event = (
         event_template.replace(_ID_MARK, job.id)
-        .replace(json.dumps(_TIMESTAMP_MARK), repr(when), 1)
-        .replace(json.dumps(_KWARGS_MARK), json.dumps(kwargs_repr), 1)
+        .replace(_TIMESTAMP_MARK_JSON, repr(timestamp), 1)
+        .replace(_KWARGS_MARK_JSON, kwargs_json, 1)
     )
     body = base64.b64encode(event.encode()).decode()
     return envelope_template.replace(_BODY_MARK, body, 1).replace(_ID_MARK, job.id, 1)
 
 
 _TIMESTAMP_MARK = "@refold-timestamp@"
+_TIMESTAMP_MARK_JSON = json.dumps(_TIMESTAMP_MARK)
 # A timestamp no hostname or queue name will contain, marking where the real one goes in the template.
 _TIMESTAMP_REF = 987654321.1234567
 

@@ -9,7 +9,7 @@ restart empties the script cache, so callers never see ``NOSCRIPT``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from redis.exceptions import NoScriptError
 
 from refold_dispatch.config import Settings
 
@@ -103,6 +104,62 @@ class Scripts:
     ) -> Any:
         return self._scripts[name](keys=[], args=[*self.context.common_args(now_ms), *args], client=pipeline)
 
+    def run_many(self, name: str, calls: Iterable[Sequence[ScriptArg]]) -> list[Any]:
+        """Run one script once per argument list, all in one round trip; the replies in order.
+
+        Each call is written to the socket as soon as ``calls`` yields it, so building the next call's
+        arguments overlaps Redis running the one before (a pipeline would build them all first). An error
+        reply is returned in its place, as the exception, after every reply is read; NOSCRIPT (a restarted
+        Redis) loads the script and sends those calls again, as they did not run. A dropped connection retries
+        the whole stream per the client's retry policy: callers make every call safe to repeat.
+        """
+        script = self._scripts[name]
+        common = self.context.common_args()
+        sent: list[list[ScriptArg]] = []
+        pending = iter(calls)
+        pool = self.client.connection_pool
+        connection: Any = pool.get_connection()  # redis-py's connection methods are untyped
+
+        def stream() -> list[Any]:
+            for args in sent:  # a retry: the calls already built go again
+                connection.send_command("EVALSHA", script.sha, 0, *args)
+            for call in pending:
+                args = [*common, *call]
+                sent.append(args)
+                connection.send_command("EVALSHA", script.sha, 0, *args)
+            replies = [_reply(connection.read_response) for _ in sent]
+            missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:
+                script.sha = self.client.script_load(script.script)
+                for n in missing:
+                    connection.send_command("EVALSHA", script.sha, 0, *sent[n])
+                for n in missing:
+                    replies[n] = _reply(connection.read_response)
+            return replies
+
+        try:
+            replies: list[Any] = connection.retry.call_with_retry(stream, lambda _error: connection.disconnect())
+            return replies
+        except BaseException:
+            connection.disconnect()  # replies may be left unread: the connection is out of step
+            raise
+        finally:
+            pool.release(connection)
+
+
+def _reply(read: Any) -> Any:
+    try:
+        return read()
+    except redis.ResponseError as exc:
+        return exc
+
+
+async def _async_reply(read: Any) -> Any:
+    try:
+        return await read()
+    except redis.ResponseError as exc:
+        return exc
+
 
 class AsyncScripts:
     """The same scripts on an asyncio Redis client."""
@@ -121,3 +178,38 @@ class AsyncScripts:
         pipeline: redis.asyncio.client.Pipeline | None = None,
     ) -> Any:
         return await self._scripts[name](keys=[], args=[*self.context.common_args(now_ms), *args], client=pipeline)
+
+    async def run_many(self, name: str, calls: Iterable[Sequence[ScriptArg]]) -> list[Any]:
+        """:meth:`Scripts.run_many` on asyncio."""
+        script = self._scripts[name]
+        common = self.context.common_args()
+        sent: list[list[ScriptArg]] = []
+        pending: Iterator[Sequence[ScriptArg]] = iter(calls)
+        pool = self.client.connection_pool
+        connection: Any = await pool.get_connection()  # type: ignore[no-untyped-call]
+
+        async def stream() -> list[Any]:
+            for args in sent:
+                await connection.send_command("EVALSHA", script.sha, 0, *args)
+            for call in pending:
+                args = [*common, *call]
+                sent.append(args)
+                await connection.send_command("EVALSHA", script.sha, 0, *args)
+            replies = [await _async_reply(connection.read_response) for _ in sent]
+            missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:
+                script.sha = await self.client.script_load(script.script)
+                for n in missing:
+                    await connection.send_command("EVALSHA", script.sha, 0, *sent[n])
+                for n in missing:
+                    replies[n] = await _async_reply(connection.read_response)
+            return replies
+
+        try:
+            replies: list[Any] = await connection.retry.call_with_retry(stream, lambda _error: connection.disconnect())
+            return replies
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
