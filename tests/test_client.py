@@ -6,6 +6,7 @@ to the same requests and results as the sync one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -304,6 +305,40 @@ def test_one_pooled_http_client_serves_every_request(monkeypatch: pytest.MonkeyP
     assert len(recorder.requests) == 4
     refold.close()
     assert created[0].is_closed
+
+
+def test_requests_carry_the_timeouts_and_no_cookies_from_earlier_responses() -> None:
+    def set_cookie(request: httpx.Request) -> httpx.Response:
+        response = canned_response(request)
+        response.headers["Set-Cookie"] = "session=abc; Path=/"
+        return response
+
+    recorder = Recorder(set_cookie)
+    refold = make_client(recorder, timeout=httpx.Timeout(connect=1.5, read=2.5, write=3.5, pool=4.5))
+    refold.trigger_event("signup", "acct-1")
+    refold.trigger_event("signup", "acct-1")
+    assert recorder.last.extensions["timeout"] == {"connect": 1.5, "read": 2.5, "write": 3.5, "pool": 4.5}
+    assert "cookie" not in recorder.last.headers
+    assert {str(request.url) for request in recorder.requests} == {f"{BASE_URL}/api/v2/public/event/trigger"}
+
+
+@pytest.mark.parametrize("name", ["HTTPS_PROXY", "http_proxy", "ALL_PROXY"])
+def test_a_proxy_in_the_environment_routes_requests_through_httpx_client(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name, "http://proxy.invalid:3128")
+    sent_by_client: list[httpx.Request] = []
+    original_send = httpx.Client.send
+
+    def counting_send(self: httpx.Client, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        sent_by_client.append(request)
+        return original_send(self, request, **kwargs)
+
+    monkeypatch.setattr(httpx.Client, "send", counting_send)
+    refold = make_client(Recorder(), base_url="http://refold.test")
+    with contextlib.suppress(TransientError):  # where the proxy applies, it does not exist
+        refold.trigger_event("signup", "acct-1")
+    assert len(sent_by_client) == 1  # the path that applies httpx's proxy rules
 
 
 def test_the_context_manager_closes_the_pool() -> None:

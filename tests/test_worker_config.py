@@ -30,7 +30,8 @@ def test_celery_config_answers_the_traps() -> None:
     assert transport["unacked_restore_throttle"] == 1
     assert config["broker_connection_max_retries"] is None  # trap 3: reconnect forever
     assert config["task_default_queue"] == settings.queue
-    assert config["worker_send_task_events"] and config["task_send_sent_event"]
+    # Flower's task events come from our scripts (events.py, tests/integration/test_flower_events.py).
+    assert not config["worker_send_task_events"] and config["task_send_sent_event"]
 
 
 def test_visibility_timeout_must_cover_the_time_limit() -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -409,6 +410,17 @@ def _next_page_number(page: LinkedAccountPage, requested: int) -> int | None:
 # --- the clients ------------------------------------------------------------------------------------------
 
 
+# Distinct paths whose parsed URL a client keeps (the worker's few endpoints, and some account paths).
+_MAX_CACHED_URLS = 64
+
+
+def _environment_proxies() -> bool:
+    """Whether the environment names a proxy (``HTTPS_PROXY``, ``ALL_PROXY``...), which httpx would use."""
+    return any(
+        value for name, value in os.environ.items() if name.lower() in ("http_proxy", "https_proxy", "all_proxy")
+    )
+
+
 def _normalise_base_url(base_url: str) -> str:
     if not base_url.startswith(("http://", "https://")):
         raise ConfigurationError(f"base_url must start with http:// or https://, got {base_url!r}")
@@ -461,6 +473,7 @@ class _ClientBase:
         )
         self._max_retry_after = settings.max_retry_after_seconds if max_retry_after is None else max_retry_after
         self._clock = clock or _utc_now
+        self._urls: dict[str, httpx.URL] = {}
 
     @property
     def base_url(self) -> str:
@@ -482,6 +495,23 @@ class _ClientBase:
 
     def _outgoing_headers(self, spec: RequestSpec) -> dict[str, str]:
         return {**spec.headers, "x-api-key": self._api_key.get_secret_value()}
+
+    def _request(self, spec: RequestSpec) -> httpx.Request:
+        """The request for ``spec``, built here rather than by ``Client.build_request``: the URL of a path
+        without query parameters is parsed once and kept (parsing it again per request was a fifth of the
+        worker's HTTP CPU in bench/), and the timeout rides along as ``Client.send`` expects."""
+        url = self._urls.get(spec.path) if not spec.params else None
+        if url is None:
+            url = httpx.URL(self._base_url + spec.path, params=spec.params or None)
+            if not spec.params and len(self._urls) < _MAX_CACHED_URLS:  # account paths vary: keep the cache bounded
+                self._urls[spec.path] = url
+        return httpx.Request(
+            spec.method,
+            url,
+            headers=self._outgoing_headers(spec),
+            content=spec.content(),
+            extensions={"timeout": self._timeout.as_dict()},
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self._base_url!r}, environment={self.environment!r})"
@@ -516,19 +546,31 @@ class RefoldClient(_ClientBase):
             max_retry_after=max_retry_after,
             clock=clock,
         )
-        self._http = httpx.Client(transport=transport, **self._http_options())
+        self._pool = transport or httpx.HTTPTransport()
+        self._http = httpx.Client(transport=self._pool, **self._http_options())
+        # With no proxy in the environment, requests go straight to the connection pool (see _dispatch).
+        self._direct = not _environment_proxies()
+
+    def _dispatch(self, request: httpx.Request) -> httpx.Response:
+        """Send through the pool itself, skipping what ``Client.send`` adds per request that this client never
+        uses: the cookie jar (Refold authenticates by key, and a cookie would be state nobody asked for), the
+        redirect and auth machinery (redirects are refused), event hooks. bench/ measured a fifth less CPU per
+        request. A proxy set in the environment is honoured by the client's own path."""
+        if not self._direct or self._http.is_closed:  # a closed client raises as httpx's does
+            return self._http.send(request)
+        response = self._pool.handle_request(request)
+        try:
+            response.read()
+        finally:
+            response.close()
+        response.request = request
+        return response
 
     def _send(self, spec: RequestSpec) -> httpx.Response:
         """The one place this client touches the network, and so the one place errors are translated."""
-        request = self._http.build_request(
-            spec.method,
-            spec.path,
-            params=spec.params,
-            headers=self._outgoing_headers(spec),
-            content=spec.content(),
-        )
+        request = self._request(spec)
         try:
-            response = self._http.send(request)
+            response = self._dispatch(request)
         except httpx.HTTPError as exc:
             raise error_from_transport(
                 exc, method=spec.method, path=request.url.path, idempotency_key=spec.idempotency_key
@@ -659,13 +701,7 @@ class AsyncRefoldClient(_ClientBase):
 
     async def _send(self, spec: RequestSpec) -> httpx.Response:
         """The one place this client touches the network, and so the one place errors are translated."""
-        request = self._http.build_request(
-            spec.method,
-            spec.path,
-            params=spec.params,
-            headers=self._outgoing_headers(spec),
-            content=spec.content(),
-        )
+        request = self._request(spec)
         try:
             response = await self._http.send(request)
         except httpx.HTTPError as exc:

@@ -21,6 +21,7 @@ from typing import Any
 import redis
 import structlog
 from celery.worker.consumer import Consumer
+from celery.worker.control import control_command
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
@@ -58,6 +59,14 @@ def dead_letter_message(message: Any, why: str) -> None:
 
 
 class DeadLetteringConsumer(Consumer):
+    """Celery's consumer, dead-lettering what it cannot run, with Celery's task events off (see ``events``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Task events come from our scripts, in the same round trip as each step (refold_dispatch.events);
+        # Celery's would reach Flower twice. Even with -E: worker events (heartbeats) stay Celery's.
+        kwargs["task_events"] = False
+        super().__init__(*args, **kwargs)
+
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         dead_letter_message(message, f"cannot decode message: {type(exc).__name__}: {exc}")
         super().on_decode_error(message, exc)
@@ -73,6 +82,13 @@ class DeadLetteringConsumer(Consumer):
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         dead_letter_message(message, f"invalid task message: {exc}")
         super().on_invalid_task(body, message, exc)
+
+
+@control_command()  # replaces Celery's command of the same name in this worker
+def enable_events(state: Any) -> dict[str, str]:
+    """Flower sends ``enable_events`` every few seconds. Task events are always on here, published by our
+    scripts; switching Celery's on as well would show every step twice."""
+    return {"ok": "task events are always on (refold-dispatch publishes them with each step)"}
 
 
 def envelope_problem(payload: Any, channel: Any) -> str | None:
@@ -137,6 +153,19 @@ class DeadLetteringChannel(kombu_redis.Channel):
     """
 
     _sync_connparams: dict[str, Any] | None = None
+    _sync_client: Any = None
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        # kombu builds a new redis-py client for every publish, ack and Flower event; its constructor was a tenth
+        # of a busy worker's CPU (bench/profile_delivery --mode pyspy). A client is only a handle on the
+        # connection pool, and thread-safe, so one per pool serves them all; a reconnect makes a new pool.
+        if asynchronous:
+            return _KOMBU_CHANNEL._create_client(self, asynchronous=True)
+        this: Any = self
+        client = self._sync_client
+        if client is None or client.connection_pool is not this.pool:
+            client = self._sync_client = _KOMBU_CHANNEL._create_client(self)
+        return client
 
     def _connparams(self, asynchronous: bool = False) -> Any:
         this: Any = self

@@ -32,11 +32,12 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_afte
 from refold_dispatch.client import RefoldClient
 from refold_dispatch.config import Settings
 from refold_dispatch.dlq import store_invalid
-from refold_dispatch.errors import RefoldError, TransientError
+from refold_dispatch.errors import DeadLetteredError, RefoldError, TransientError
+from refold_dispatch.events import TaskEvents
 from refold_dispatch.flow import FlowControl, Hold, Permit, outcome_of
 from refold_dispatch.jobs import Job, TriggerEventParams
 from refold_dispatch.retry import GiveUp, RetryPolicy, decide, is_quick_retryable, quick_retry_wait
-from refold_dispatch.scripts import Scripts
+from refold_dispatch.scripts import ScriptArg, Scripts
 
 OutcomeKind = Literal["delivered", "skipped", "deferred", "dead"]
 T = TypeVar("T")
@@ -67,6 +68,21 @@ class Outcome:
     request_id: str | None = None
     detail: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """What the Celery task returns for a delivered or skipped job (Flower shows it as the result)."""
+        return {"outcome": self.kind, "reason": self.reason, "status": self.status, "request_id": self.request_id}
+
+
+def closing_events(events: TaskEvents | None, outcome: Outcome) -> list[str]:
+    """The Celery event that ends this execution in Flower: succeeded, retried (deferred) or failed (dead)."""
+    if events is None:
+        return []
+    if outcome.kind in ("delivered", "skipped"):
+        return events.succeeded(outcome.summary())
+    if outcome.kind == "deferred":
+        return events.retried(outcome.reason)
+    return events.failed(repr(DeadLetteredError(outcome.job_id, outcome.reason, outcome.detail)))
 
 
 class _Deferred(Exception):
@@ -108,21 +124,24 @@ class Deliverer:
 
     # -- the attempt ----------------------------------------------------------------------------------------
 
-    def deliver(self, job_id: str) -> Outcome:
+    def deliver(self, job_id: str, events: TaskEvents | None = None) -> Outcome:
+        """One attempt; ``events`` (from the Celery task) are published by the scripts that record each step."""
         token = uuid.uuid4().hex
         # The first flow-control permit rides along with begin: the common path is one round trip.
         jitter_ms = int(self.rng() * HOLD_SPREAD_MS)
         args = [job_id, token, self.lease_ms, LOCK_RETRY_MS, *self.flow.acquire_args(token), jitter_ms]
+        if events is not None:
+            args += events.started()
         result = self._redis(lambda: self.scripts.run("begin", args))
         verdict = _text(result[0])
         if verdict != "go":
-            return self._not_started(job_id, verdict, [_text(part) for part in result[1:]])
+            return self._not_started(job_id, verdict, [_text(part) for part in result[1:]], events)
         job = Job.from_json(_text(result[1]))
         attempt, created_ms, credit_ms = int(result[2]), int(_text(result[3])), int(_text(result[4]))
         first_permit = Permit(wait_seconds=float(_text(result[5])) / 1000, probe=int(result[6]) == 1)
-        return self._attempt(job, token, (attempt, created_ms, credit_ms), first_permit)
+        return self._attempt(job, token, (attempt, created_ms, credit_ms), first_permit, events)
 
-    def _not_started(self, job_id: str, verdict: str, rest: list[str]) -> Outcome:
+    def _not_started(self, job_id: str, verdict: str, rest: list[str], events: TaskEvents | None) -> Outcome:
         if verdict == "missing":
             self.dead_letter_invalid(job_id, "no job record for this id (expired, purged, or never enqueued)", b"")
             outcome = Outcome("dead", "invalid", job_id, detail="no job record")
@@ -139,29 +158,45 @@ class Deliverer:
             outcome = Outcome("deferred", HOLD_REASONS[rest[0]], job_id, due_at=int(rest[1]) / 1000)
         else:
             raise RuntimeError(f"begin script answered {verdict!r}")
+        self.publish_events(closing_events(events, outcome))  # no script records these endings
         self._log(outcome)
         return outcome
 
-    def _attempt(self, job: Job, token: str, progress: tuple[int, int, int], first_permit: Permit) -> Outcome:
+    def _attempt(
+        self,
+        job: Job,
+        token: str,
+        progress: tuple[int, int, int],
+        first_permit: Permit,
+        events: TaskEvents | None,
+    ) -> Outcome:
         attempt = progress[0]
         started = time.monotonic()
         try:
             result, probe = self._send_with_quick_retries(job, first_permit)
         except _Deferred as deferred:
-            return self._hold(job, token, attempt, deferred.hold, started)
+            return self._hold(job, token, attempt, deferred.hold, started, events=events)
         except RefoldError as refold_error:
-            return self._failed(job, token, progress, refold_error, started)
+            return self._failed(job, token, progress, refold_error, started, events=events)
         except Exception as exc:  # a bug or a soft time limit must not lose the job: treat it as transient
             unexpected = TransientError(f"unexpected {type(exc).__name__}: {exc}", error_code=type(exc).__name__)
-            return self._failed(job, token, progress, unexpected, started)
+            return self._failed(job, token, progress, unexpected, started, events=events)
         latency_ms = (time.monotonic() - started) * 1000
         status = int(getattr(result, "status_code", 200))
         request_id = getattr(result, "request_id", None)
-        entry = self._history(attempt, "delivered", latency_ms, status=status, request_id=request_id)
-        # Recording the delivery and telling flow control it went well: one round trip.
-        finish_args = [job.id, token, status, request_id or "", entry, *self.flow.success_args(probe=probe)]
-        self._redis(lambda: self.scripts.run("finish", finish_args), budget=FINISH_RETRY_SECONDS)
         outcome = Outcome("delivered", "ok", job.id, attempt, status=status, request_id=request_id)
+        entry = self._history(attempt, "delivered", latency_ms, status=status, request_id=request_id)
+        # Recording the delivery, telling flow control it went well and telling Flower: one round trip.
+        finish_args = [
+            job.id,
+            token,
+            status,
+            request_id or "",
+            entry,
+            *self.flow.success_args(probe=probe),
+            *closing_events(events, outcome),
+        ]
+        self._redis(lambda: self.scripts.run("finish", finish_args), budget=FINISH_RETRY_SECONDS)
         self._log(outcome, job, latency_ms)
         return outcome
 
@@ -209,14 +244,17 @@ class Deliverer:
 
     # -- endings --------------------------------------------------------------------------------------------
 
-    def _hold(self, job: Job, token: str, attempt: int, hold: Hold, started: float) -> Outcome:
+    def _hold(
+        self, job: Job, token: str, attempt: int, hold: Hold, started: float, *, events: TaskEvents | None
+    ) -> Outcome:
         now_ms = int(self.clock() * 1000)
         due_ms = max(hold.until_ms, now_ms) + int(self.rng() * HOLD_SPREAD_MS)
         # An open breaker or a shared pause is an outage: its length is credited to the job's age budget.
         credit_ms = max(due_ms - now_ms, 0) if hold.kind in ("breaker", "paused") else 0
-        reason = HOLD_REASONS[hold.kind]
-        self._redis(lambda: self.scripts.run("reschedule", [job.id, token, due_ms, 1, credit_ms, hold.kind, "", ""]))
-        outcome = Outcome("deferred", reason, job.id, attempt, due_at=due_ms / 1000)
+        outcome = Outcome("deferred", HOLD_REASONS[hold.kind], job.id, attempt, due_at=due_ms / 1000)
+        args: list[ScriptArg] = [job.id, token, due_ms, 1, credit_ms, hold.kind, "", ""]
+        args += closing_events(events, outcome)
+        self._redis(lambda: self.scripts.run("reschedule", args))
         self._log(outcome, job, (time.monotonic() - started) * 1000)
         return outcome
 
@@ -227,6 +265,8 @@ class Deliverer:
         progress: tuple[int, int, int],
         error: RefoldError,
         started: float,
+        *,
+        events: TaskEvents | None,
     ) -> Outcome:
         attempt, created_ms, credit_ms = progress  # the attempt number, and the job's age inputs
         latency_ms = (time.monotonic() - started) * 1000
@@ -236,11 +276,6 @@ class Deliverer:
         decision = decide(error, attempts=attempt, age_seconds=age, policy=self.policy, random=self.rng)
         if isinstance(decision, GiveUp):
             entry = self._history(attempt, decision.reason, latency_ms, error=error)
-            self._redis(
-                lambda: self.scripts.run(
-                    "deadletter", [job.id, token, decision.reason, error_json, decision.why, entry]
-                )
-            )
             outcome = Outcome(
                 "dead",
                 decision.reason,
@@ -251,12 +286,11 @@ class Deliverer:
                 detail=f"{decision.why}: {error}",
                 evidence=evidence,
             )
+            script = "deadletter"
+            args: list[ScriptArg] = [job.id, token, decision.reason, error_json, decision.why, entry]
         else:
             due_ms = int((self.clock() + decision.delay) * 1000)
             entry = self._history(attempt, "retry", latency_ms, error=error)
-            self._redis(
-                lambda: self.scripts.run("reschedule", [job.id, token, due_ms, 0, 0, "retry", error_json, entry])
-            )
             outcome = Outcome(
                 "deferred",
                 f"retry: {error}",
@@ -267,8 +301,25 @@ class Deliverer:
                 request_id=error.request_id,
                 evidence=evidence,
             )
+            script = "reschedule"
+            args = [job.id, token, due_ms, 0, 0, "retry", error_json, entry]
+        args += closing_events(events, outcome)
+        self._redis(lambda: self.scripts.run(script, args))
         self._log(outcome, job, latency_ms)
         return outcome
+
+    def publish_events(self, messages: list[str]) -> None:
+        """Publish Celery events outside a script (endings no script records). Best effort: Flower missing one
+        event is not worth failing or delaying a task."""
+        if not messages:
+            return
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for n in range(0, len(messages), 2):
+                    pipe.publish(messages[n], messages[n + 1])
+                pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("task_events_not_published", error=f"{type(exc).__name__}: {exc}")
 
     def dead_letter_invalid(self, dead_id: str, why: str, raw: bytes, *, task: str | None = None) -> None:
         """Keep a message that is not a job we can deliver, with its raw body as evidence."""

@@ -19,6 +19,8 @@ import socket
 import time
 from functools import cache
 
+from refold_dispatch.events import event_envelope
+from refold_dispatch.events import events_channel as _events_channel
 from refold_dispatch.jobs import Job, TriggerEventParams, UpsertLinkedAccountParams
 
 TRIGGER_EVENT_TASK = "refold.trigger_event"
@@ -103,12 +105,7 @@ def _split(text: str) -> tuple[str, str]:
 
 def events_channel(redis_db: int) -> str:
     """Where kombu's Redis transport publishes Celery's ``task.sent`` events (fanout patterns, per database)."""
-    return f"/{redis_db}.celeryev/task.sent"
-
-
-def _utcoffset() -> int:
-    # Celery's own definition (celery.utils.time.utcoffset), without importing Celery on the web path.
-    return (time.altzone if time.daylight else time.timezone) // 3600
+    return _events_channel(redis_db, "task-sent")
 
 
 def sent_event(job: Job, queue: str, kwargs_repr: str, *, timestamp: float | None = None) -> str:
@@ -136,11 +133,7 @@ _TIMESTAMP_REF = 987654321.1234567
 
 def sent_event_reference(job: Job, queue: str, kwargs_repr: str, *, timestamp: float, delivery_tag: str) -> str:
     """The ``task-sent`` event built field by field: the reference the template must equal."""
-    event = {
-        "hostname": _origin(),
-        "utcoffset": _utcoffset(),
-        "pid": os.getpid(),
-        "clock": 0,
+    fields: dict[str, object] = {
         "uuid": job.id,
         "root_id": job.id,
         "parent_id": None,
@@ -153,23 +146,8 @@ def sent_event_reference(job: Job, queue: str, kwargs_repr: str, *, timestamp: f
         "queue": queue,
         "exchange": "",
         "routing_key": queue,
-        "timestamp": timestamp,
-        "type": "task-sent",
     }
-    envelope = {
-        "body": base64.b64encode(json.dumps(event).encode()).decode(),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": {"hostname": _origin()},
-        "properties": {
-            "delivery_mode": 1,
-            "delivery_info": {"exchange": "celeryev", "routing_key": "task.sent"},
-            "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": delivery_tag,
-        },
-    }
-    return json.dumps(envelope)
+    return event_envelope("task-sent", _origin(), fields, timestamp=timestamp, delivery_tag=delivery_tag)
 
 
 @cache

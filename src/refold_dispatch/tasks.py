@@ -29,6 +29,7 @@ from refold_dispatch.config import get_settings
 from refold_dispatch.delivery import Deliverer, Outcome
 from refold_dispatch.dispatcher import redis_location
 from refold_dispatch.errors import DeadLetteredError
+from refold_dispatch.events import TaskEvents
 from refold_dispatch.keys import Keys
 from refold_dispatch.message import TRIGGER_EVENT_TASK, UPSERT_LINKED_ACCOUNT_TASK
 from refold_dispatch.scheduler import CANARY_TASK
@@ -60,13 +61,35 @@ def run_delivery(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, 
         dead_id = f"invalid-{task.request.id or uuid.uuid4()}"
         why = f"task {task.name} got arguments that are not a single job id: args={args!r:.200} kwargs={kwargs!r:.200}"
         deliverer().dead_letter_invalid(dead_id, why, repr((args, kwargs)).encode(), task=task.name)
-        raise DeadLetteredError(dead_id, "invalid", why)
+        error = DeadLetteredError(dead_id, "invalid", why)
+        events = _task_events(task, dead_id)
+        deliverer().publish_events([*events.started(), *events.failed(repr(error))])
+        raise error
     try:
-        outcome = deliverer().deliver(job_id)
+        outcome = deliverer().deliver(job_id, _task_events(task, job_id))
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         where = redis_location(get_settings().redis_url)
         raise Reject(f"Redis at {where} unavailable: {type(exc).__name__}", requeue=True) from exc
     return _celery_result(outcome)
+
+
+@cache
+def _redis_db() -> int:
+    return int(deliverer().redis.connection_pool.connection_kwargs.get("db", 0) or 0)
+
+
+def _task_events(task: Task[Any, Any], job_id: str) -> TaskEvents:
+    """This execution's events for Flower, named as Celery would name them (see ``events``)."""
+    request = task.request
+    return TaskEvents(
+        redis_db=_redis_db(),
+        hostname=str(request.hostname or ""),
+        task=task.name,
+        task_id=str(request.id or job_id),
+        args_repr=str(getattr(request, "argsrepr", None) or repr((job_id,))),
+        kwargs_repr=str(getattr(request, "kwargsrepr", None) or "{}"),
+        retries=int(request.retries or 0),
+    )
 
 
 def _celery_result(outcome: Outcome) -> dict[str, Any]:
@@ -75,12 +98,7 @@ def _celery_result(outcome: Outcome) -> dict[str, Any]:
         raise Retry(message=outcome.reason, when=when)
     if outcome.kind == "dead":
         raise DeadLetteredError(outcome.job_id, outcome.reason, outcome.detail)
-    return {
-        "outcome": outcome.kind,
-        "reason": outcome.reason,
-        "status": outcome.status,
-        "request_id": outcome.request_id,
-    }
+    return outcome.summary()
 
 
 @app.task(

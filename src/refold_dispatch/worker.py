@@ -92,7 +92,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_routing_key": settings.queue,
         "task_create_missing_queues": False,
         "worker_direct": True,
-        "worker_send_task_events": True,
+        # Task events for Flower are published by our scripts (``events``); Celery's would arrive twice.
+        "worker_send_task_events": False,
         "task_send_sent_event": True,
         "worker_pool": settings.worker_pool,
         "worker_cancel_long_running_tasks_on_connection_loss": False,

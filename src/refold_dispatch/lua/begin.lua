@@ -3,6 +3,7 @@
 -- ARGV[12..17] the first flow-control permit, folded into this round trip ('' in [12] = skip), the same
 --   arguments as acquire.lua: API key fingerprint, rate per second, burst, longest wait ms, probe token,
 --   probe TTL ms;  ARGV[18] jitter ms added to a hold's due time
+-- ARGV[19..] Celery task events to publish (task-received, task-started), as (channel, message) pairs
 -- Returns one of:
 --   {'go', data, attempts, created_ms, credit_ms, wait_ms, probe}   deliver after wait_ms; the lease is held
 --   {'done', state}                                 already delivered / superseded / dead: drop this copy
@@ -14,6 +15,7 @@
 --   {'hold', 'breaker'|'paused'|'rate', due_ms}      flow control said not yet; rescheduled, no attempt spent
 --   {'missing'}                                     no job record (expired or never existed)
 local id, token, lease_ms, lock_retry_ms = ARGV[8], ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
+publish_events(19)
 local j = job_key(id)
 local f = redis.call('HMGET', j, 'state', 'kind', 'acct', 'seq', 'after', 'after_job', 'data', 'created', 'credit')
 redis.call('ZREM', QUEUED, id)

@@ -2,7 +2,9 @@
 -- ARGV[8] job id   [9] lease token   [10] HTTP status   [11] request id   [12] history entry JSON
 -- ARGV[13..17] the success report to flow control, folded into this round trip ('' in [13] = skip): API key
 --   fingerprint, was the breaker's probe (1/0), breaker threshold, cool-down ms, longest cool-down ms
+-- ARGV[18..] Celery task events to publish (task-succeeded), as (channel, message) pairs
 local id, token = ARGV[8], ARGV[9]
+publish_events(18)
 if ARGV[13] ~= nil and ARGV[13] ~= '' then
   flow_report(ARGV[13], 'ok', nil, ARGV[14] == '1', tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17]))
 end

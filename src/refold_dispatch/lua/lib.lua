@@ -47,6 +47,12 @@ local function backlog_key(a) return P .. ':acct:' .. a .. ':backlog' end
 
 local FINAL = { delivered = true, superseded = true, dead = true }
 
+-- Celery task events for Flower (see events.py): (channel, message) pairs in ARGV from `first` on. Each script
+-- that records a step publishes that step's events, so they cost no round trip of their own.
+local function publish_events(first)
+  for i = first, #ARGV - 1, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
+end
+
 local function touch(id)
   redis.call('EXPIRE', job_key(id), TTL)
   redis.call('EXPIRE', hist_key(id), TTL)

@@ -1,7 +1,9 @@
 -- Put a job in the delayed set for a later attempt.
 -- ARGV[8] job id   [9] lease token   [10] due ms   [11] refund the attempt (1/0)   [12] age credit ms
 -- ARGV[13] reason   [14] last error JSON ('' = keep)   [15] history entry JSON ('' = none)
+-- ARGV[16..] Celery task events to publish (task-retried), as (channel, message) pairs
 local id, token, due = ARGV[8], ARGV[9], tonumber(ARGV[10])
+publish_events(16)
 local j = job_key(id)
 local f = redis.call('HMGET', j, 'kind', 'acct', 'state', 'attempts')
 if not f[1] or FINAL[f[3]] then return 0 end
