@@ -23,9 +23,8 @@ from bench.delivery import Drain, Stack, drain, unlimited_sandbox
 MINIMAL = "reference: one-POST task (bench/minimal_app.py)"
 VARIANTS: dict[str, tuple[str | None, str]] = {
     "ours (as shipped)": (None, ""),
-    "no task events": ("bench.whatif_app", "no-events"),
-    "no task events + no acquire/report round trips": ("bench.whatif_app", "no-events,no-flow-roundtrips"),
-    "... + tenacity only after a Redis error": ("bench.whatif_app", "no-events,no-flow-roundtrips,fast-redis-path"),
+    "prefetch multiplier 4 (instead of 1)": ("bench.whatif_app", "prefetch-4"),
+    "no task time limits": ("bench.whatif_app", "no-time-limits"),
 }
 
 

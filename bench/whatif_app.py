@@ -24,12 +24,19 @@ from refold_dispatch.delivery import Deliverer
 from refold_dispatch.worker import app
 
 WHATIF = {name.strip() for name in os.environ.get("BENCH_WHATIF", "").split(",") if name.strip()}
-KNOWN = {"no-events", "no-flow-roundtrips", "fast-redis-path"}
+KNOWN = {"no-events", "no-flow-roundtrips", "fast-redis-path", "prefetch-4", "no-time-limits"}
 if WHATIF - KNOWN:
     raise SystemExit(f"unknown BENCH_WHATIF change(s): {sorted(WHATIF - KNOWN)}")
 
 if "no-events" in WHATIF:
     app.conf.worker_send_task_events = False
+
+if "prefetch-4" in WHATIF:
+    app.conf.worker_prefetch_multiplier = 4
+
+if "no-time-limits" in WHATIF:
+    app.conf.task_time_limit = None
+    app.conf.task_soft_time_limit = None
 
 if "no-flow-roundtrips" in WHATIF:
 

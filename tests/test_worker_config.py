@@ -22,7 +22,7 @@ def test_celery_config_answers_the_traps() -> None:
     assert config["accept_content"] == ["json"]  # trap 7: never pickle
     assert config["task_serializer"] == config["event_serializer"] == "json"
     assert config["task_acks_late"] and config["task_reject_on_worker_lost"]  # trap 2
-    assert config["worker_prefetch_multiplier"] == 1  # trap 9
+    assert config["worker_prefetch_multiplier"] == settings.prefetch_multiplier == 4  # trap 9: the ledger dedupes
     assert config["task_ignore_result"] and config["result_backend"] is None  # trap 5
     # trap 1/2: a running job is never redelivered (visibility > hard limit), a killed one comes back fast
     assert transport["visibility_timeout"] > config["task_time_limit"] > config["task_soft_time_limit"]

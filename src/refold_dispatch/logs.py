@@ -16,6 +16,8 @@ import structlog
 from refold_dispatch.config import Settings
 
 _state = {"configured": False}
+# Loggers whose per-request or per-task INFO lines repeat our delivery_attempt line; warnings and errors stay.
+QUIETED_LOGGERS = ("httpx", "celery.app.trace", "celery.worker.strategy")
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -58,6 +60,8 @@ def configure_logging(settings: Settings) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(settings.log_level.upper())),
         cache_logger_on_first_use=True,
     )
-    # httpx logs every request at INFO; our one line per attempt already says it, with more evidence.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # httpx logs every request at INFO, Celery every task received and finished; our one line per attempt
+    # already says it, with more evidence (and in a worker at full speed those lines were a twentieth of its CPU).
+    for chatty in QUIETED_LOGGERS:
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     _state["configured"] = True

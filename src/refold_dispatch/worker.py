@@ -13,7 +13,7 @@ Importing this module reads no settings: the configuration is a lazy default (``
 6. Secrets in Flower: messages carry only a job id; argsrepr/kwargsrepr name, never show, the payload.
 7. Pickle: JSON only, everywhere.
 8. Per-worker rate limits: a global limiter in Redis (``flow``).
-9. Prefetch: one message per process.
+9. Prefetch: ``REFOLD_PREFETCH_MULTIPLIER`` (4) per process; a copy handed out twice is stopped by the ledger.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
-        "worker_prefetch_multiplier": 1,
+        "worker_prefetch_multiplier": settings.prefetch_multiplier,
         # A pool process that has grown past this is replaced after its current task (bench/ saw Celery's failure
         # path hold on to memory after many dead letters).
         "worker_max_memory_per_child": MAX_MEMORY_PER_CHILD_KIB,
