@@ -8,7 +8,6 @@ step is announced twice (our scripts publish the events; Celery's own stay off, 
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -51,7 +50,7 @@ class FlowerLikeMonitor:
             while not self._stop.is_set():
                 try:
                     receiver.capture(limit=None, timeout=0.5, wakeup=False)
-                except (TimeoutError, socket.timeout):
+                except TimeoutError:
                     continue
 
     def start(self, client: redis.Redis) -> None:
