@@ -1,16 +1,12 @@
-"""What-if: the full pipeline with the proposed hot-spot fixes simulated, against itself unchanged.
+"""What-if: the full pipeline with proposed changes simulated, against itself unchanged.
 
 Same method as ``bench.delivery`` (parked backlog of 3,000 jobs, 1,000 with ``--quick``; prefork, concurrency
 4; sandbox without a rate limit; throughput from the sandbox's receive times; CPU of the worker process tree
-from ``/proc``), for four workers run interleaved in the same invocation:
-
-* **ours**: ``celery -A refold_dispatch.worker worker`` as shipped;
-* **no task events**: ``bench/whatif_app.py`` with ``BENCH_WHATIF=no-events``;
-* **no events + 2 round trips**: also without the separate flow-control ``acquire``/``report`` scripts
-  (``no-flow-roundtrips``), the upper bound of folding them into ``begin``/``finish``;
-* **... + fast Redis path**: also without building a tenacity ``Retrying`` per Redis call (``fast-redis-path``).
-
-Product code is not changed; ``bench/whatif_app.py`` applies the changes inside the worker process.
+from ``/proc``), for the workers of ``VARIANTS`` run interleaved in the same invocation: ``ours`` as shipped,
+and ``bench/whatif_app.py`` with the changes named in ``BENCH_WHATIF`` applied inside the worker process
+(product code is not changed). Earlier what-ifs (task events off, flow control folded into begin/finish,
+tenacity only after a Redis error, prefetch 4) have since been shipped; their names still work in
+``BENCH_WHATIF`` for re-measuring.
 """
 
 from __future__ import annotations

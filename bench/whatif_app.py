@@ -9,7 +9,10 @@ changes named in ``BENCH_WHATIF`` (comma-separated) applied in this process only
   permit). This is the upper bound of folding them into the ``begin`` and ``finish`` scripts, which would keep
   the same GCRA logic but drop two of the four Redis round trips per job;
 * ``fast-redis-path``: ``Deliverer._redis`` calls Redis directly and builds its tenacity ``Retrying`` only
-  after a ``ConnectionError``/``TimeoutError`` (today it builds one for every call, four per job).
+  after a ``ConnectionError``/``TimeoutError``;
+* ``prefetch-4``: ``worker_prefetch_multiplier = 4``; ``no-time-limits``: no hard or soft task time limit.
+
+Several of these have since shipped (the product now does what they simulate); they stay for re-measuring.
 """
 
 from __future__ import annotations

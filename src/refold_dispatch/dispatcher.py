@@ -26,7 +26,7 @@ from redis.retry import Retry
 from refold_dispatch.config import Settings, get_settings
 from refold_dispatch.errors import EnqueueError, IdempotencyConflictError
 from refold_dispatch.jobs import Job, trigger_event_job, upsert_linked_account_job
-from refold_dispatch.message import build_message, build_publication, events_channel
+from refold_dispatch.message import build_message, build_publication, events_channel, sent_events_envelope
 from refold_dispatch.scripts import AsyncScripts, ScriptArg, ScriptContext, Scripts
 
 # One retry on a dropped connection: the enqueue script is idempotent (same job id, same key), so a retry
@@ -65,7 +65,7 @@ def redis_client_options(settings: Settings) -> dict[str, Any]:
 
 
 def _job_args(job: Job, settings: Settings, events_to: str) -> list[ScriptArg]:
-    """One job's nine arguments to the ``enqueue`` script (after the channel for task-sent events)."""
+    """One job's nine arguments to the ``enqueue`` script (after the three for task-sent events)."""
     if events_to:
         head, tail, event = build_publication(job, settings.queue, show_payload=settings.show_payload_in_flower)
     else:
@@ -87,8 +87,9 @@ def _job_args(job: Job, settings: Settings, events_to: str) -> list[ScriptArg]:
 def _batches(jobs: Sequence[Job], settings: Settings, events_to: str) -> Iterator[list[ScriptArg]]:
     """``enqueue`` script arguments for ``jobs``, ``ENQUEUE_BATCH`` jobs per script call, built one call at
     a time so the first is on its way to Redis while the next is built."""
+    envelope_head, envelope_tail = sent_events_envelope() if events_to else ("", "")
     for start in range(0, len(jobs), ENQUEUE_BATCH):
-        args: list[ScriptArg] = [events_to]
+        args: list[ScriptArg] = [events_to, envelope_head, envelope_tail]
         for job in jobs[start : start + ENQUEUE_BATCH]:
             args += _job_args(job, settings, events_to)
         yield args

@@ -9,7 +9,8 @@ and started; ``finish``: succeeded; ``reschedule``: retried; ``deadletter``: fai
 what Celery would publish (a test feeds them to ``celery.events.state.State``, which Flower uses), so Flower,
 ``celery events`` and any other monitor see no difference. The API key is in no event: tasks carry a job id.
 
-``task-sent`` at enqueue is :func:`refold_dispatch.message.sent_event` (templated: it is on the web request path).
+``task-sent`` at enqueue is :func:`refold_dispatch.message.sent_event` (templated: it is on the web request path),
+published by the enqueue script as one :func:`multi_envelope` per script call.
 """
 
 from __future__ import annotations
@@ -34,6 +35,38 @@ def events_channel(redis_db: int, event_type: str) -> str:
     return f"/{redis_db}.celeryev/{event_type.replace('-', '.')}"
 
 
+def event_dict(event_type: str, hostname: str, fields: dict[str, object], *, timestamp: float) -> dict[str, object]:
+    """One Celery event's fields, as ``celery.events.Event`` makes them."""
+    return {
+        "hostname": hostname,
+        "utcoffset": utcoffset(),
+        "pid": os.getpid(),
+        "clock": 0,  # Celery's Lamport clock orders events of one worker; timestamps do it just as well here
+        **fields,
+        "timestamp": timestamp,
+        "type": event_type,
+    }
+
+
+def _envelope(body: str, hostname: str, routing_key: str, delivery_tag: str, *, base64_body: bool) -> str:
+    properties: dict[str, object] = {
+        "delivery_mode": 1,
+        "delivery_info": {"exchange": "celeryev", "routing_key": routing_key},
+        "priority": 0,
+    }
+    if base64_body:
+        properties["body_encoding"] = "base64"
+    properties["delivery_tag"] = delivery_tag
+    envelope = {
+        "body": body,
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"hostname": hostname},
+        "properties": properties,
+    }
+    return json.dumps(envelope)
+
+
 def event_envelope(
     event_type: str,
     hostname: str,
@@ -43,29 +76,27 @@ def event_envelope(
     delivery_tag: str | None = None,
 ) -> str:
     """One Celery event in kombu's Redis envelope, as ``EventDispatcher.send`` would publish it."""
-    event = {
-        "hostname": hostname,
-        "utcoffset": utcoffset(),
-        "pid": os.getpid(),
-        "clock": 0,  # Celery's Lamport clock orders events of one worker; timestamps do it just as well here
-        **fields,
-        "timestamp": timestamp,
-        "type": event_type,
-    }
-    envelope = {
-        "body": base64.b64encode(json.dumps(event).encode()).decode(),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": {"hostname": hostname},
-        "properties": {
-            "delivery_mode": 1,
-            "delivery_info": {"exchange": "celeryev", "routing_key": event_type.replace("-", ".")},
-            "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": delivery_tag or f"{fields.get('uuid', '')}.{event_type}",
-        },
-    }
-    return json.dumps(envelope)
+    event = event_dict(event_type, hostname, fields, timestamp=timestamp)
+    body = base64.b64encode(json.dumps(event).encode()).decode()
+    tag = delivery_tag or f"{fields.get('uuid', '')}.{event_type}"
+    return _envelope(body, hostname, event_type.replace("-", "."), tag, base64_body=True)
+
+
+_BODY_MARK = "@refold-events-body@"
+
+
+def multi_envelope(hostname: str, events_json: str) -> str:
+    """Many events in one message, as Celery's dispatcher flushes a buffered group (routing key
+    ``task.multi``, the body a JSON list: ``EventReceiver`` and Flower read each event of it). The body is
+    kept as text (no base64; kombu decodes a body only when ``body_encoding`` says so), so the enqueue script
+    can join the events of the jobs it stored into one list and publish them with one PUBLISH."""
+    return _envelope(events_json, hostname, "task.multi", "refold-dispatch.task-multi", base64_body=False)
+
+
+def multi_envelope_parts(hostname: str) -> tuple[str, str]:
+    """:func:`multi_envelope` split around its body: ``head + <JSON string of the list> + tail``."""
+    head, _, tail = multi_envelope(hostname, _BODY_MARK).partition(json.dumps(_BODY_MARK))
+    return head, tail
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import socket
 import time
 from functools import cache
 
-from refold_dispatch.events import event_envelope
+from refold_dispatch.events import event_dict, multi_envelope_parts
 from refold_dispatch.events import events_channel as _events_channel
 from refold_dispatch.jobs import Job, TriggerEventParams, UpsertLinkedAccountParams
 
@@ -104,25 +104,31 @@ def _split(text: str) -> tuple[str, str]:
 
 
 def events_channel(redis_db: int) -> str:
-    """Where kombu's Redis transport publishes Celery's ``task.sent`` events (fanout patterns, per database)."""
-    return _events_channel(redis_db, "task-sent")
+    """Where the enqueue script publishes task-sent events: kombu's fanout topic for grouped task events."""
+    return _events_channel(redis_db, "task-multi")
 
 
 def sent_event(job: Job, queue: str, kwargs_repr: str, *, timestamp: float | None = None) -> str:
-    """A Celery ``task-sent`` event, so Flower shows a job from the moment it is enqueued, as ``apply_async``
-    with ``task_send_sent_event`` would. Filled into a cached template (see ``_event_template``)."""
+    """A Celery ``task-sent`` event (the event's JSON object), so Flower shows a job from the moment it is
+    enqueued, as ``apply_async`` with ``task_send_sent_event`` would. Filled into a cached template; the
+    enqueue script publishes the events of the jobs it stored together (see :func:`sent_events_envelope`)."""
     return _sent_event(job, queue, json.dumps(kwargs_repr), time.time() if timestamp is None else timestamp)
 
 
 def _sent_event(job: Job, queue: str, kwargs_json: str, timestamp: float) -> str:
-    event_template, envelope_template = _event_templates(TASK_FOR_KIND[job.kind], queue)
-    event = (
-        event_template.replace(_ID_MARK, job.id)
+    return (
+        _event_template(TASK_FOR_KIND[job.kind], queue)
+        .replace(_ID_MARK, job.id)
         .replace(_TIMESTAMP_MARK_JSON, repr(timestamp), 1)
         .replace(_KWARGS_MARK_JSON, kwargs_json, 1)
     )
-    body = base64.b64encode(event.encode()).decode()
-    return envelope_template.replace(_BODY_MARK, body, 1).replace(_ID_MARK, job.id, 1)
+
+
+@cache
+def sent_events_envelope() -> tuple[str, str]:
+    """The kombu envelope the enqueue script wraps a list of task-sent events in: ``head + body + tail``,
+    the body being the list as a JSON string (see :func:`refold_dispatch.events.multi_envelope`)."""
+    return multi_envelope_parts(_origin())
 
 
 _TIMESTAMP_MARK = "@refold-timestamp@"
@@ -131,7 +137,7 @@ _TIMESTAMP_MARK_JSON = json.dumps(_TIMESTAMP_MARK)
 _TIMESTAMP_REF = 987654321.1234567
 
 
-def sent_event_reference(job: Job, queue: str, kwargs_repr: str, *, timestamp: float, delivery_tag: str) -> str:
+def sent_event_reference(job: Job, queue: str, kwargs_repr: str, *, timestamp: float) -> str:
     """The ``task-sent`` event built field by field: the reference the template must equal."""
     fields: dict[str, object] = {
         "uuid": job.id,
@@ -147,24 +153,19 @@ def sent_event_reference(job: Job, queue: str, kwargs_repr: str, *, timestamp: f
         "exchange": "",
         "routing_key": queue,
     }
-    return event_envelope("task-sent", _origin(), fields, timestamp=timestamp, delivery_tag=delivery_tag)
+    return json.dumps(event_dict("task-sent", _origin(), fields, timestamp=timestamp))
 
 
 @cache
-def _event_templates(task: str, queue: str) -> tuple[str, str]:
+def _event_template(task: str, queue: str) -> str:
     params: TriggerEventParams | UpsertLinkedAccountParams = (
         TriggerEventParams(event="e", linked_account_id="a")
         if task == TRIGGER_EVENT_TASK
         else UpsertLinkedAccountParams(linked_account_id="a")
     )
     marked = Job(id=_ID_MARK, idempotency_key="k", created_at=0.0, params=params)
-    reference = sent_event_reference(
-        marked, queue, _KWARGS_MARK, timestamp=_TIMESTAMP_REF, delivery_tag=f"{_ID_MARK}.sent"
-    )
-    envelope = json.loads(reference)
-    event_text = base64.b64decode(envelope["body"]).decode()
-    event_text = event_text.replace(repr(_TIMESTAMP_REF), json.dumps(_TIMESTAMP_MARK), 1)
-    return event_text, reference.replace(envelope["body"], _BODY_MARK, 1)
+    reference = sent_event_reference(marked, queue, _KWARGS_MARK, timestamp=_TIMESTAMP_REF)
+    return reference.replace(repr(_TIMESTAMP_REF), _TIMESTAMP_MARK_JSON, 1)
 
 
 def task_message(

@@ -1,16 +1,19 @@
 -- Claim idempotency keys and store + publish jobs, each atomically: one job per web request, or a batch
 -- from enqueue_many (one script call for many jobs, so a backfill pays the script's start-up once).
--- ARGV[8] the channel for Celery's task-sent events ('' = send none); from ARGV[9] on, nine arguments per job:
+-- ARGV[8] the channel for Celery's task-sent events ('' = send none)   [9] [10] the kombu envelope around them
+-- From ARGV[11] on, nine arguments per job:
 --   +0 job id   +1 idempotency key   +2 fingerprint   +3 kind ('event'|'upsert')   +4 account   +5 job JSON
---   +6 Celery message head   +7 Celery message tail   +8 its task-sent event
+--   +6 Celery message head   +7 Celery message tail   +8 its task-sent event (JSON)
 -- Returns a flat list, two values per job in argument order: {0, job_id} new, {1, first_job_id} duplicate
 -- (same key, same job), {2, first_job_id} conflict (same key, another job). Jobs of one batch are claimed in
 -- order, so a key repeated within the batch answers like a key enqueued before it.
 --
 -- This is the web request's cost, so it is lib.lua's admit()/publish() inlined with as few Redis calls as
--- possible (each costs a few microseconds inside a script): the job record is written once, in its final state.
+-- possible (each costs a few microseconds inside a script): the job record is written once, in its final state,
+-- and the messages, the queued index and Flower's events of all stored jobs go out in one call each, at the end.
 local EVENTS_TO = ARGV[8]
 local ARGS_PER_JOB = 9
+local messages, queued, events = {}, {}, {}
 
 local function enqueue_one(b)
   local id, key, fp, kind, acct = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
@@ -52,24 +55,31 @@ local function enqueue_one(b)
     'pubs', direct and 1 or 0, 'queued_at', NOW, 'tag', delivery_tag(id, 1), unpack(order))
   redis.call('EXPIRE', j, TTL)
   if direct then
-    redis.call('LPUSH', QUEUE, head .. delivery_tag(id, 1) .. tail)
+    messages[#messages + 1] = head .. delivery_tag(id, 1) .. tail
     redis.call('ZADD', active, NOW, id)
     redis.call('EXPIRE', active, TTL)
-    redis.call('ZADD', QUEUED, NOW, id)
+    queued[#queued + 1] = NOW
+    queued[#queued + 1] = id
   else
     redis.call('RPUSH', backlog_key(acct), id)
     redis.call('EXPIRE', backlog_key(acct), TTL)
     redis.call('ZADD', BACKLOGS, NOW, acct)
     refill(acct)
   end
-  if EVENTS_TO ~= '' then redis.call('PUBLISH', EVENTS_TO, ARGV[b + 8]) end
+  events[#events + 1] = ARGV[b + 8]
   return 0, id
 end
 
 local results = {}
-for b = 9, #ARGV, ARGS_PER_JOB do
+for b = 11, #ARGV, ARGS_PER_JOB do
   local status, id = enqueue_one(b)
   results[#results + 1] = status
   results[#results + 1] = id
+end
+-- LPUSH of several messages pushes them in argument order, as one LPUSH each would.
+if #messages > 0 then redis.call('LPUSH', QUEUE, unpack(messages)) end
+if #queued > 0 then redis.call('ZADD', QUEUED, unpack(queued)) end
+if EVENTS_TO ~= '' and #events > 0 then
+  redis.call('PUBLISH', EVENTS_TO, ARGV[9] .. cjson.encode('[' .. table.concat(events, ',') .. ']') .. ARGV[10])
 end
 return results
