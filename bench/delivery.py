@@ -5,9 +5,10 @@ What is measured. A backlog of trigger-event jobs (10,000 for prefork and 5,000 
 is drained by real ``celery worker`` processes against the sandbox (a separate process, ``--no-rate-limit
 --events '*' --allow-unknown-accounts``) and a private redis-server (AOF on, as in production):
 
-* **ours**: ``celery -A refold_dispatch.worker worker`` with everything on: ledger and lease (``begin``), flow
-  control (``acquire``/``report``, with ``REFOLD_RATE_LIMIT=100000`` so the limit itself never waits), the
-  HTTP POST, ``finish``, the structured log line, task events, late acks, prefetch 1, the mover thread;
+* **ours**: ``celery -A refold_dispatch.worker worker`` with everything on and its defaults: ledger, lease and
+  ordering (``begin``), flow control (folded into ``begin``/``finish``, with ``REFOLD_RATE_LIMIT=100000`` so
+  the limit itself never waits), retries armed, the HTTP POST, ``finish``, the structured log line, Flower's
+  task events (published by the scripts), late acks, prefetch multiplier 4, the mover thread;
 * **minimal**: ``celery -A bench.minimal_app worker``, a task that does one httpx POST (``bench/minimal_app.py``),
   same broker, same pool and concurrency, JSON.
 
@@ -16,7 +17,8 @@ started, waited for, and their CPU counters read; then the backlog is renamed ba
 (deliveries - 1) / (last - first receive time) as the sandbox recorded them. CPU is utime + stime of each
 worker's whole process tree (main process and pool children, from ``/proc``) between the release and a moment
 after the last delivery; Redis's and the sandbox's CPU are read the same way. Both variants run in the same
-invocation, one after the other for each pool (prefork and threads; gevent only if importable) at concurrency 4;
+invocation, one after the other for each pool (prefork, threads, and gevent when installed: it is in the dev
+group) at concurrency 4;
 besides first-to-last throughput the table shows the median rate over ten slices of each run (steadier on a
 shared machine), and the ratios. ``run(quick, reps=N)`` repeats the cells and takes medians. RSS of each worker
 process is read after each run.

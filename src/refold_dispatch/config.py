@@ -134,8 +134,8 @@ class Settings(BaseSettings):
 
     task_time_limit_seconds: int = Field(default=DEFAULT_TASK_TIME_LIMIT_SECONDS, gt=0)
     visibility_timeout_seconds: int = Field(default=DEFAULT_VISIBILITY_TIMEOUT_SECONDS, gt=0)
-    # prefork: the only pool on which Celery enforces the hard time limit per task that the lease relies on.
-    # threads measured faster in some bench/ runs (README, Performance) and is an option where that matters more.
+    # prefork: the fastest pool for the full pipeline in bench/ (README, Performance), and the only one on which
+    # Celery enforces the hard time limit per task that the lease relies on.
     worker_pool: Literal["prefork", "threads", "solo", "gevent", "eventlet"] = "prefork"
     # Messages each pool process reserves ahead (Celery's worker_prefetch_multiplier). 4 measured a quarter
     # less worker CPU per job than 1 (README, Performance). A reserved message that waits past the visibility
