@@ -68,7 +68,7 @@ def job_hash_shape(stack: Stack, keys: list[str]) -> dict[str, Any]:
             fields.setdefault(field_name.decode(), []).append(len(value))
         copy = f"bench:copy:{key}"
         stack.redis.restore(copy, 0, stack.redis.dump(job_key), replace=True)
-        stack.redis.hdel(copy, "msg_head", "msg_tail")
+        stack.redis.hdel(copy, "b64", "kw")
         without.append(memory_usage(stack, copy))
         stack.redis.delete(copy)
     biggest = sorted(((median(v), k) for k, v in fields.items()), reverse=True)[:4]
@@ -170,7 +170,7 @@ def run(quick: bool) -> Section:
             ["  refold:job:<id> (hash)", fmt(per_key["job"], 0), f"MEMORY USAGE, median of {len(keys)}"],
             ["  refold:job:<id>:hist (list)", fmt(per_key["hist"], 0), f"MEMORY USAGE, median of {len(keys)}"],
             [
-                "  refold:job:<id> without msg_head/msg_tail",
+                "  refold:job:<id> without b64/kw (its message values)",
                 fmt(shape["bytes_without_message"], 0),
                 "DUMP/RESTORE copy, HDEL, MEMORY USAGE",
             ],

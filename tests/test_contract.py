@@ -1,7 +1,8 @@
 """Every request the client can build, validated against Refold's OpenAPI 3.1 spec with openapi-core.
 
-The spec lives beside the repository (``../shared/refold-openapi.yaml``; ``REFOLD_OPENAPI_SPEC`` overrides
-the path) and is not copied in: a copy would drift. Without the file these tests skip, saying so; CI has it.
+The spec is Refold's (``../shared/refold-openapi.yaml`` beside the repository is the authority;
+``REFOLD_OPENAPI_SPEC`` overrides the path). A copy is kept in ``tests/contract/`` so these tests run wherever
+the repository is cloned, and they fail, naming the fix, if the copy has drifted from the authority.
 
 Requests are captured from the real client on an ``httpx.MockTransport`` and handed to openapi-core through a
 small adapter for its request protocol, so what is validated is exactly what would go on the wire. Negative
@@ -37,7 +38,8 @@ from refold_dispatch.client import RefoldClient
 from refold_dispatch.config import DEFAULT_BASE_URL, Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SPEC_PATH = Path(os.environ.get("REFOLD_OPENAPI_SPEC", REPO_ROOT.parent / "shared" / "refold-openapi.yaml"))
+AUTHORITY_PATH = Path(os.environ.get("REFOLD_OPENAPI_SPEC", REPO_ROOT.parent / "shared" / "refold-openapi.yaml"))
+VENDORED_PATH = REPO_ROOT / "tests" / "contract" / "refold-openapi.yaml"
 API_KEY = "tk_contract_test_key"
 
 # Refold's spec names its security schemes "Org API Key" and "Linked Account Token"; OpenAPI allows only
@@ -105,12 +107,13 @@ class HttpxOpenAPIResponse:
 
 @pytest.fixture(scope="module")
 def spec_path() -> Path:
-    if not SPEC_PATH.is_file():
-        pytest.skip(
-            f"Refold OpenAPI spec not found at {SPEC_PATH}: set REFOLD_OPENAPI_SPEC to its path "
-            "(CI always has it); contract tests skipped"
+    """Refold's spec where it is present (and the kept copy must equal it), else the kept copy."""
+    if AUTHORITY_PATH.is_file():
+        assert VENDORED_PATH.read_bytes() == AUTHORITY_PATH.read_bytes(), (
+            f"{VENDORED_PATH} has drifted from Refold's spec at {AUTHORITY_PATH}: copy it over and rerun"
         )
-    return SPEC_PATH
+        return AUTHORITY_PATH
+    return VENDORED_PATH
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from refold_dispatch import jobs
 from refold_dispatch.dispatcher import AsyncDispatcher, Dispatcher
 from refold_dispatch.errors import EnqueueError, IdempotencyConflictError, ValidationError
 from refold_dispatch.message import TRIGGER_EVENT_TASK, UPSERT_LINKED_ACCOUNT_TASK
+from refold_dispatch.scripts import ScriptContext, Scripts
 from tests.conftest import make_settings
 from tests.support import TEST_API_KEY
 
@@ -238,14 +239,75 @@ def test_message_templates_equal_the_reference_builders(account: str) -> None:
         jobs.upsert_linked_account_job(account, name="n", udf={"k": "v"}),
     ):
         described = repr(message.describe(job))
-        fast = message._job_message(job, "refold", json.dumps(described))
         reference = message.task_message(
             message.TASK_FOR_KIND[job.kind], job.id, [job.id], exchange="", routing_key="refold",
-            kwargs_repr=described, delivery_tag=message._TAG_PLACEHOLDER,
+            kwargs_repr=described, delivery_tag=f"{job.id}.1",
         )  # fmt: skip
-        assert fast == reference
-        event = message.sent_event(job, "refold", described, timestamp=1795983418.0729632)
-        assert event == message.sent_event_reference(job, "refold", described, timestamp=1795983418.0729632)
+        assert message.build_message(job, "refold") == reference
+        event = message.sent_event(job, "refold", described, timestamp_ms=1795983418072)
+        assert event == message.sent_event_reference(job, "refold", described, timestamp=1795983418.072)
+
+
+def test_the_script_fills_the_templates_into_exactly_the_reference_message_and_event(
+    real_redis: redis.Redis,
+) -> None:
+    """What enqueue.lua pushes and publishes, byte for byte, and what a later publish (lib.lua) pushes."""
+    from refold_dispatch import message
+
+    subscriber = real_redis.pubsub()
+    subscriber.subscribe("/0.celeryev/task.multi")
+    subscriber.get_message(timeout=1)
+    with Dispatcher(make_settings(redis_url=_real_url(real_redis))) as dispatcher:
+        event_job = dispatcher.event_job("order.created", 'a"c\\me/1', {"n": 1})
+        upsert_job = dispatcher.account_job("acme", name="Acme")
+        dispatcher.enqueue_many([event_job, upsert_job])
+    pushed = [raw.decode() for raw in reversed(real_redis.lrange("refold", 0, -1))]
+    for job, text in zip((event_job, upsert_job), pushed, strict=True):
+        tag = json.loads(text)["properties"]["delivery_tag"]  # id, publish count, publish time (ms)
+        assert tag.startswith(f"{job.id}.1.")
+        assert text == message.build_message(job, "refold").replace(f'"{job.id}.1"', f'"{tag}"')
+
+    published = subscriber.get_message(timeout=2)
+    assert published is not None
+    events = json.loads(json.loads(published["data"])["body"])
+    for job, event in zip((event_job, upsert_job), events, strict=True):
+        expected = json.loads(
+            message.sent_event_reference(job, "refold", repr(message.describe(job)), timestamp=event["timestamp"])
+        )
+        assert event == expected
+    subscriber.close()
+
+    # A later publish (a retry, a backlog) fills the stored template with the job's stored values.
+    scripts = Scripts(real_redis, ScriptContext.from_settings(make_settings()))
+    real_redis.delete("refold")
+    real_redis.hset(f"refold:job:{event_job.id}", "state", "delayed")
+    real_redis.zadd("refold:delayed", {event_job.id: 0})
+    assert scripts.run("promote", [10]) == 1
+    [republished] = real_redis.lrange("refold", 0, -1)
+    tag = json.loads(republished)["properties"]["delivery_tag"]
+    assert tag.startswith(f"{event_job.id}.2.")
+    assert republished.decode() == message.build_message(event_job, "refold").replace(f'"{event_job.id}.1"', f'"{tag}"')
+
+
+def test_a_wiped_template_defers_publishing_until_the_mover_restores_it(real_redis: redis.Redis) -> None:
+    from refold_dispatch.message import message_templates_json
+
+    with Dispatcher(make_settings(redis_url=_real_url(real_redis))) as dispatcher:
+        receipt = dispatcher.trigger_event("order.created", "acme", {"n": 1})
+    scripts = Scripts(real_redis, ScriptContext.from_settings(make_settings()))
+    real_redis.delete("refold", "refold:tpl:v1:refold:event")
+    real_redis.hset(f"refold:job:{receipt.job_id}", "state", "delayed")
+    real_redis.zadd("refold:delayed", {receipt.job_id: 0})
+
+    assert scripts.run("promote", [10]) == 1  # admitted, but there is no template to fill
+    assert real_redis.llen("refold") == 0
+    assert real_redis.hget(f"refold:job:{receipt.job_id}", "defer_reason") == b"template"
+    assert real_redis.zscore("refold:delayed", receipt.job_id) is not None  # nothing lost: it comes back
+
+    templates = message_templates_json("refold")
+    real_redis.zadd("refold:delayed", {receipt.job_id: 0})
+    scripts.run("promote", [10, *templates])  # the mover's call restores the template first
+    assert real_redis.llen("refold") == 1
 
 
 def _real_url(client: redis.Redis) -> str:

@@ -34,12 +34,14 @@ def snapshot(client: fakeredis.FakeRedis) -> dict[bytes, Any]:
 
 def assert_complete_job(client: fakeredis.FakeRedis, job_id: str) -> None:
     record = client.hgetall(f"refold:job:{job_id}")
-    for field in (b"data", b"fp", b"kind", b"acct", b"key", b"msg_head", b"msg_tail", b"state"):
+    for field in (b"data", b"fp", b"kind", b"acct", b"key", b"b64", b"kw", b"state"):
         assert field in record, field
     job = Job.from_json(record[b"data"])
     assert job.id == job_id
     assert client.get(f"refold:idem:{job.idempotency_key}") == job_id.encode()
-    json.loads(record[b"msg_head"] + b"x" + record[b"msg_tail"])  # the message is whole JSON
+    # Its message, filled from the shared template by the script, is whole JSON naming the job.
+    messages = [json.loads(message) for message in client.lrange("refold", 0, -1)]
+    assert [message["headers"]["id"] for message in messages].count(job_id) == 1
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

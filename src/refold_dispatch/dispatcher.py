@@ -25,8 +25,14 @@ from redis.retry import Retry
 
 from refold_dispatch.config import Settings, get_settings
 from refold_dispatch.errors import EnqueueError, IdempotencyConflictError
-from refold_dispatch.jobs import Job, trigger_event_job, upsert_linked_account_job
-from refold_dispatch.message import build_message, build_publication, events_channel, sent_events_envelope
+from refold_dispatch.jobs import EVENT, UPSERT, Job, trigger_event_job, upsert_linked_account_job
+from refold_dispatch.message import (
+    event_templates_json,
+    events_channel,
+    message_templates_json,
+    message_values,
+    sent_events_envelope,
+)
 from refold_dispatch.scripts import AsyncScripts, ScriptArg, ScriptContext, Scripts
 
 # One retry on a dropped connection: the enqueue script is idempotent (same job id, same key), so a retry
@@ -64,13 +70,9 @@ def redis_client_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _job_args(job: Job, settings: Settings, events_to: str) -> list[ScriptArg]:
-    """One job's nine arguments to the ``enqueue`` script (after the three for task-sent events)."""
-    if events_to:
-        head, tail, event = build_publication(job, settings.queue, show_payload=settings.show_payload_in_flower)
-    else:
-        head, tail = build_message(job, settings.queue, show_payload=settings.show_payload_in_flower)
-        event = ""
+def _job_args(job: Job, show_payload: bool) -> list[ScriptArg]:
+    """One job's eight arguments to the ``enqueue`` script: the record, and its own values in the message."""
+    body, described = message_values(job, show_payload=show_payload)
     return [
         job.id,
         job.idempotency_key,
@@ -78,9 +80,8 @@ def _job_args(job: Job, settings: Settings, events_to: str) -> list[ScriptArg]:
         job.kind,
         job.linked_account_id,
         job.to_json(),
-        head,
-        tail,
-        event,
+        body,
+        described,
     ]
 
 
@@ -88,10 +89,18 @@ def _batches(jobs: Sequence[Job], settings: Settings, events_to: str) -> Iterato
     """``enqueue`` script arguments for ``jobs``, ``ENQUEUE_BATCH`` jobs per script call, built one call at
     a time so the first is on its way to Redis while the next is built."""
     envelope_head, envelope_tail = sent_events_envelope() if events_to else ("", "")
+    message_templates = message_templates_json(settings.queue)
+    event_templates = event_templates_json(settings.queue) if events_to else ("", "")
+    show_payload = settings.show_payload_in_flower
     for start in range(0, len(jobs), ENQUEUE_BATCH):
+        batch = jobs[start : start + ENQUEUE_BATCH]
+        kinds = {job.kind for job in batch}
+        wanted = (EVENT in kinds, UPSERT in kinds)
         args: list[ScriptArg] = [events_to, envelope_head, envelope_tail]
-        for job in jobs[start : start + ENQUEUE_BATCH]:
-            args += _job_args(job, settings, events_to)
+        args += [template if used else "" for template, used in zip(message_templates, wanted, strict=True)]
+        args += [template if used else "" for template, used in zip(event_templates, wanted, strict=True)]
+        for job in batch:
+            args += _job_args(job, show_payload)
         yield args
 
 

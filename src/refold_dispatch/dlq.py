@@ -25,9 +25,9 @@ from pydantic import BaseModel, ConfigDict
 
 from refold_dispatch.config import Settings
 from refold_dispatch.errors import DeadLetterNotFoundError
-from refold_dispatch.jobs import Job
+from refold_dispatch.jobs import EVENT, UPSERT, Job
 from refold_dispatch.keys import Keys
-from refold_dispatch.message import build_message
+from refold_dispatch.message import message_templates_json, message_values
 from refold_dispatch.scripts import ScriptContext, Scripts
 
 # Entries are read from Redis in pages of this many, so listing a large queue never loads it all at once.
@@ -187,7 +187,8 @@ class DeadLetterQueue:
         job = Job.model_validate(entry.job)
         stored = self.redis.hmget(self.keys.job(job.id), "seq", "after", "after_job")
         seq, after, after_job = (_text(value) for value in stored)
-        head, tail = build_message(job, self.settings.queue, show_payload=self.settings.show_payload_in_flower)
+        body, described = message_values(job, show_payload=self.settings.show_payload_in_flower)
+        templates = dict(zip((EVENT, UPSERT), message_templates_json(self.settings.queue), strict=True))
         result = self.scripts.run(
             "replay",
             [
@@ -197,11 +198,12 @@ class DeadLetterQueue:
                 job.kind,
                 job.linked_account_id,
                 job.to_json(),
-                head,
-                tail,
+                body,
+                described,
                 seq,
                 after,
                 after_job,
+                templates[job.kind],
             ],
         )
         outcome = _text(result)

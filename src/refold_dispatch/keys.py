@@ -8,8 +8,10 @@ key                                    type     what, and what bounds it
 =====================================  =======  =============================================================
 ``{p}:idem:{idempotency_key}``         string   the idempotency claim: job id. TTL = idempotency window (72 h)
 ``{p}:job:{job_id}``                   hash     the job record: data, state, attempts, delivery evidence,
-                                                the pre-built Celery message. TTL = idempotency window,
-                                                refreshed on every change
+                                                its values in the Celery message (b64, kw). TTL = idempotency
+                                                window, refreshed on every change
+``{p}:tpl:v1:{queue}:{kind}``          string   the Celery message template of a job kind (message.py),
+                                                shared by every job; bounded: two per queue, no TTL
 ``{p}:job:{job_id}:hist``              list     the last 10 attempts (JSON). Same TTL as the job
 ``{p}:lease:{job_id}``                 string   the worker delivering the job now. TTL = time limit + margin
 ``{p}:acct:{account}``                 hash     ``upsert_seq`` (last enqueued upsert), ``latest_upsert`` (its

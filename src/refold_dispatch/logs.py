@@ -17,7 +17,9 @@ from refold_dispatch.config import Settings
 
 _state = {"configured": False}
 # Loggers whose per-request or per-task INFO lines repeat our delivery_attempt line; warnings and errors stay.
-QUIETED_LOGGERS = ("httpx", "celery.app.trace", "celery.worker.strategy")
+# Celery's "Task ...[id] received" line stays: it tells which worker took a message before any attempt ends
+# (the reliability suite reads it to know what a killed worker held).
+QUIETED_LOGGERS = ("httpx", "celery.app.trace")
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -60,8 +62,8 @@ def configure_logging(settings: Settings) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(settings.log_level.upper())),
         cache_logger_on_first_use=True,
     )
-    # httpx logs every request at INFO, Celery every task received and finished; our one line per attempt
-    # already says it, with more evidence (and in a worker at full speed those lines were a twentieth of its CPU).
+    # httpx logs every request at INFO, Celery every task finished; our one line per attempt already says it,
+    # with more evidence.
     for chatty in QUIETED_LOGGERS:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     _state["configured"] = True

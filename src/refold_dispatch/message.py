@@ -6,8 +6,12 @@ so a message can be replayed, deferred and redelivered without copying the paylo
 ``kwargsrepr`` (what Flower shows) name the event, account, key and payload size, never the payload unless
 ``REFOLD_SHOW_PAYLOAD_IN_FLOWER`` asks for it, and never the API key, which no message contains.
 
-Only the delivery tag changes between publishes (kombu tracks unacked messages by it), so the message is
-stored as a head and a tail around the tag, and the Lua scripts splice a fresh tag in.
+Messages differ only in a few values: the job id, the description, the body (the id, base64-encoded) and the
+delivery tag, fresh on every publish (kombu tracks unacked messages by it). So the message is a template of
+pieces around those slots, one per task and queue, sent with each enqueue call and kept in Redis for later
+publishes (``{prefix}:tpl:v1:{queue}:{kind}``, see keys.py); a job record keeps only its own values (``b64``,
+``kw``). The Lua scripts fill the slots (``fill`` in lua/lib.lua; :func:`fill` here is the reference, and a
+test pins both, and the result, to :func:`task_message`). Flower's task-sent event is filled the same way.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
-import time
+from collections.abc import Callable, Mapping
 from functools import cache
 
 from refold_dispatch.events import event_dict, multi_envelope_parts
@@ -33,8 +38,14 @@ _TAG_PLACEHOLDER = "@@refold-delivery-tag@@"
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
+# Celery's ``origin`` header names the process that sent a message. One template serves every process that
+# enqueues (it is stored in Redis and shared), so it names the library.
+MESSAGE_ORIGIN = "refold-dispatch"
+
+
 @cache
 def _origin() -> str:
+    """The sender of task-sent events (Flower lists it as the event's host)."""
     return f"refold-dispatch@{socket.gethostname()}:{os.getpid()}"
 
 
@@ -53,31 +64,65 @@ def describe(job: Job, *, show_payload: bool = False) -> dict[str, object]:
     return shown
 
 
-def build_message(job: Job, queue: str, *, show_payload: bool = False) -> tuple[str, str]:
-    """The job's Celery message as (head, tail): ``head + delivery_tag + tail`` is the message to LPUSH."""
-    return _split(_job_message(job, queue, json.dumps(repr(describe(job, show_payload=show_payload)))))
+def message_values(job: Job, *, show_payload: bool = False) -> tuple[str, str]:
+    """The job's own values in its message: the body (base64) and the description (a JSON string literal)."""
+    body = base64.b64encode(f'[["{job.id}"], {{}}, {_EMBED_JSON}]'.encode()).decode()
+    return body, json.dumps(repr(describe(job, show_payload=show_payload)))
 
 
-def build_publication(job: Job, queue: str, *, show_payload: bool = False) -> tuple[str, str, str]:
-    """The message (head, tail) and the ``task-sent`` event announcing it to Flower, sharing one description."""
-    kwargs_json = json.dumps(repr(describe(job, show_payload=show_payload)))
-    head, tail = _split(_job_message(job, queue, kwargs_json))
-    return head, tail, _sent_event(job, queue, kwargs_json, time.time())
+def build_message(job: Job, queue: str, *, show_payload: bool = False) -> str:
+    """The job's Celery message with delivery tag ``{id}.1`` (what the first publish pushes)."""
+    body, kwargs_json = message_values(job, show_payload=show_payload)
+    pieces, slots = _message_template(TASK_FOR_KIND[job.kind], queue)
+    return fill(pieces, slots, {"b": body, "i": job.id, "k": kwargs_json, "t": f"{job.id}.1"})
 
 
-# Stand-ins in the cached message template; each is replaced once per job (see _job_message).
+# Stand-ins in the cached templates, one per slot letter (see fill).
 _ID_MARK = "00000000-0000-4000-8000-0000000000ff"
 _KWARGS_MARK = "@refold-kwargs@"
 _BODY_MARK = "@refold-body@"
 _EMBED_JSON = json.dumps(_EMBED)
 _KWARGS_MARK_JSON = json.dumps(_KWARGS_MARK)
+_TIMESTAMP_MARK = "@refold-timestamp@"
+_TIMESTAMP_MARK_JSON = json.dumps(_TIMESTAMP_MARK)
+# A timestamp no hostname or queue name will contain, marking where the real one goes in the template.
+_TIMESTAMP_REF = 987654321.1234567
+_SLOT_FOR_MARK = {
+    _BODY_MARK: "b",
+    _ID_MARK: "i",
+    _KWARGS_MARK_JSON: "k",
+    _TAG_PLACEHOLDER: "t",
+    _TIMESTAMP_MARK_JSON: "s",
+}
+_MARKS = re.compile("|".join(re.escape(mark) for mark in _SLOT_FOR_MARK))
+
+
+def _split_template(text: str) -> tuple[list[str], str]:
+    """Text with stand-ins -> the pieces between them and the slot letters, in order."""
+    pieces: list[str] = []
+    slots: list[str] = []
+    position = 0
+    for found in _MARKS.finditer(text):
+        pieces.append(text[position : found.start()])
+        slots.append(_SLOT_FOR_MARK[found.group()])
+        position = found.end()
+    pieces.append(text[position:])
+    return pieces, "".join(slots)
+
+
+def fill(pieces: list[str], slots: str, values: Mapping[str, str]) -> str:
+    """A template filled in: ``pieces[0] + values[slots[0]] + pieces[1] + ...`` (lua/lib.lua's ``fill``)."""
+    out = [pieces[0]]
+    for piece, slot in zip(pieces[1:], slots, strict=True):
+        out.append(values[slot])
+        out.append(piece)
+    return "".join(out)
 
 
 @cache
-def _job_template(task: str, queue: str) -> str:
-    """A job message with stand-ins for its own values. Enqueue runs on the web request path, and filling in
-    a template is several times cheaper than building and serialising the envelope per job; ``task_message``
-    stays the reference, and a test pins the two equal."""
+def _message_template(task: str, queue: str) -> tuple[list[str], str]:
+    """The message of ``task`` on ``queue`` as pieces around its slots: b (body), i (id), k (description),
+    t (delivery tag). ``task_message`` is the reference; a test pins the two equal."""
     reference = task_message(
         task,
         _ID_MARK,
@@ -87,20 +132,36 @@ def _job_template(task: str, queue: str) -> str:
         kwargs_repr=_KWARGS_MARK,
         delivery_tag=_TAG_PLACEHOLDER,
     )
-    return reference.replace(json.loads(reference)["body"], _BODY_MARK, 1)
+    return _split_template(reference.replace(json.loads(reference)["body"], _BODY_MARK, 1))
 
 
-def _job_message(job: Job, queue: str, kwargs_json: str) -> str:
-    """The message filled in; ``kwargs_json`` is the description as a JSON string literal."""
-    body = base64.b64encode(f'[["{job.id}"], {{}}, {_EMBED_JSON}]'.encode()).decode()
-    # The caller-influenced text (kwargs_json) goes in last, so nothing in it is ever substituted.
-    text = _job_template(TASK_FOR_KIND[job.kind], queue).replace(_BODY_MARK, body, 1).replace(_ID_MARK, job.id)
-    return text.replace(_KWARGS_MARK_JSON, kwargs_json, 1)
+@cache
+def message_templates_json(queue: str) -> tuple[str, str]:
+    """The message templates of trigger-event and upsert jobs on ``queue``, as the scripts take them
+    (``{"m": pieces, "ms": slots}``). The same text in every process (it names no host), so the copy stored in
+    Redis for later publishes is written once, not by each process in turn."""
+    return _template_json(TRIGGER_EVENT_TASK, queue, "m", _message_template), _template_json(
+        UPSERT_LINKED_ACCOUNT_TASK, queue, "m", _message_template
+    )
 
 
-def _split(text: str) -> tuple[str, str]:
-    head, _, tail = text.rpartition(_TAG_PLACEHOLDER)
-    return head, tail
+@cache
+def event_templates_json(queue: str) -> tuple[str, str]:
+    """The task-sent event templates of trigger-event and upsert jobs (``{"e": pieces, "es": slots}``): only
+    ever filled at enqueue, never stored."""
+    return _template_json(TRIGGER_EVENT_TASK, queue, "e", _event_template), _template_json(
+        UPSERT_LINKED_ACCOUNT_TASK, queue, "e", _event_template
+    )
+
+
+def _template_json(task: str, queue: str, name: str, template: Callable[[str, str], tuple[list[str], str]]) -> str:
+    pieces, slots = template(task, queue)
+    return json.dumps({name: pieces, f"{name}s": slots})
+
+
+def lua_timestamp(now_ms: int) -> str:
+    """How the enqueue script writes an event's timestamp (seconds, from its millisecond clock)."""
+    return f"{now_ms / 1000:.3f}"
 
 
 def events_channel(redis_db: int) -> str:
@@ -108,20 +169,13 @@ def events_channel(redis_db: int) -> str:
     return _events_channel(redis_db, "task-multi")
 
 
-def sent_event(job: Job, queue: str, kwargs_repr: str, *, timestamp: float | None = None) -> str:
+def sent_event(job: Job, queue: str, kwargs_repr: str, *, timestamp_ms: int) -> str:
     """A Celery ``task-sent`` event (the event's JSON object), so Flower shows a job from the moment it is
-    enqueued, as ``apply_async`` with ``task_send_sent_event`` would. Filled into a cached template; the
-    enqueue script publishes the events of the jobs it stored together (see :func:`sent_events_envelope`)."""
-    return _sent_event(job, queue, json.dumps(kwargs_repr), time.time() if timestamp is None else timestamp)
-
-
-def _sent_event(job: Job, queue: str, kwargs_json: str, timestamp: float) -> str:
-    return (
-        _event_template(TASK_FOR_KIND[job.kind], queue)
-        .replace(_ID_MARK, job.id)
-        .replace(_TIMESTAMP_MARK_JSON, repr(timestamp), 1)
-        .replace(_KWARGS_MARK_JSON, kwargs_json, 1)
-    )
+    enqueued, as ``apply_async`` with ``task_send_sent_event`` would. The enqueue script fills the same
+    template (see :func:`event_templates_json`) and publishes the events of the jobs it stored together (see
+    :func:`sent_events_envelope`)."""
+    pieces, slots = _event_template(TASK_FOR_KIND[job.kind], queue)
+    return fill(pieces, slots, {"i": job.id, "k": json.dumps(kwargs_repr), "s": lua_timestamp(timestamp_ms)})
 
 
 @cache
@@ -129,12 +183,6 @@ def sent_events_envelope() -> tuple[str, str]:
     """The kombu envelope the enqueue script wraps a list of task-sent events in: ``head + body + tail``,
     the body being the list as a JSON string (see :func:`refold_dispatch.events.multi_envelope`)."""
     return multi_envelope_parts(_origin())
-
-
-_TIMESTAMP_MARK = "@refold-timestamp@"
-_TIMESTAMP_MARK_JSON = json.dumps(_TIMESTAMP_MARK)
-# A timestamp no hostname or queue name will contain, marking where the real one goes in the template.
-_TIMESTAMP_REF = 987654321.1234567
 
 
 def sent_event_reference(job: Job, queue: str, kwargs_repr: str, *, timestamp: float) -> str:
@@ -157,7 +205,7 @@ def sent_event_reference(job: Job, queue: str, kwargs_repr: str, *, timestamp: f
 
 
 @cache
-def _event_template(task: str, queue: str) -> str:
+def _event_template(task: str, queue: str) -> tuple[list[str], str]:
     params: TriggerEventParams | UpsertLinkedAccountParams = (
         TriggerEventParams(event="e", linked_account_id="a")
         if task == TRIGGER_EVENT_TASK
@@ -165,7 +213,7 @@ def _event_template(task: str, queue: str) -> str:
     )
     marked = Job(id=_ID_MARK, idempotency_key="k", created_at=0.0, params=params)
     reference = sent_event_reference(marked, queue, _KWARGS_MARK, timestamp=_TIMESTAMP_REF)
-    return reference.replace(repr(_TIMESTAMP_REF), _TIMESTAMP_MARK_JSON, 1)
+    return _split_template(reference.replace(repr(_TIMESTAMP_REF), _TIMESTAMP_MARK_JSON, 1))
 
 
 def task_message(
@@ -199,7 +247,7 @@ def task_message(
             "parent_id": None,
             "argsrepr": repr(tuple(args)),
             "kwargsrepr": kwargs_repr,
-            "origin": _origin(),
+            "origin": MESSAGE_ORIGIN,
             "ignore_result": True,
             "replaced_task_nesting": 0,
             "stamped_headers": None,

@@ -26,7 +26,7 @@ import structlog
 
 from refold_dispatch.config import Settings
 from refold_dispatch.keys import Keys
-from refold_dispatch.message import task_message
+from refold_dispatch.message import message_templates_json, task_message
 from refold_dispatch.scripts import Scripts
 
 CANARY_TASK = "refold.canary"
@@ -77,7 +77,9 @@ class Mover:
 
     def promote_due(self) -> int:
         """Publish the jobs that are due now; returns how many."""
-        return int(self.scripts.run("promote", [PROMOTE_BATCH]))
+        # The shared message templates go along, so a wiped template key comes back within one tick.
+        templates = message_templates_json(self.settings.queue)
+        return int(self.scripts.run("promote", [PROMOTE_BATCH, *templates]))
 
     def start(self) -> None:
         try:

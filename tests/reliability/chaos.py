@@ -841,8 +841,7 @@ def evidence(run: ChaosRun, job_ids: list[str], limit: int = 5) -> str:
     parts = []
     for job_id in job_ids[:limit]:
         record = {k.decode(): v.decode(errors="replace") for k, v in client.hgetall(f"refold:job:{job_id}").items()}
-        record.pop("msg_head", None)
-        record.pop("msg_tail", None)
+        record.pop("b64", None)
         history = [h.decode() for h in client.lrange(f"refold:job:{job_id}:hist", 0, -1)]
         lines = [
             f"{worker.name}: {line}"

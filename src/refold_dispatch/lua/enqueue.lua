@@ -1,9 +1,11 @@
 -- Claim idempotency keys and store + publish jobs, each atomically: one job per web request, or a batch
 -- from enqueue_many (one script call for many jobs, so a backfill pays the script's start-up once).
 -- ARGV[8] the channel for Celery's task-sent events ('' = send none)   [9] [10] the kombu envelope around them
--- From ARGV[11] on, nine arguments per job:
+-- ARGV[11] [12] the message templates of trigger-event and upsert jobs (message.py), '' = none in this call
+-- ARGV[13] [14] their task-sent event templates ('' = none)
+-- From ARGV[15] on, eight arguments per job:
 --   +0 job id   +1 idempotency key   +2 fingerprint   +3 kind ('event'|'upsert')   +4 account   +5 job JSON
---   +6 Celery message head   +7 Celery message tail   +8 its task-sent event (JSON)
+--   +6 message body (base64)   +7 description (a JSON string literal: Flower's kwargsrepr)
 -- Returns a flat list, two values per job in argument order: {0, job_id} new, {1, first_job_id} duplicate
 -- (same key, same job), {2, first_job_id} conflict (same key, another job). Jobs of one batch are claimed in
 -- order, so a key repeated within the batch answers like a key enqueued before it.
@@ -12,12 +14,24 @@
 -- possible (each costs a few microseconds inside a script): the job record is written once, in its final state,
 -- and the messages, the queued index and Flower's events of all stored jobs go out in one call each, at the end.
 local EVENTS_TO = ARGV[8]
-local ARGS_PER_JOB = 9
+local ARGS_PER_JOB = 8
 local messages, queued, events = {}, {}, {}
+
+-- This call's templates. A message template is also stored for later publishes (retries, backlogs), shared by
+-- all jobs; it is written only when it differs (a new version of the library), so an enqueue adds no write.
+local templates, event_templates = {}, {}
+for n, kind in ipairs({'event', 'upsert'}) do
+  local text = ARGV[10 + n]
+  if text ~= '' then
+    templates[kind] = cjson.decode(text)
+    if redis.call('GET', template_key(kind)) ~= text then redis.call('SET', template_key(kind), text) end
+  end
+  if ARGV[12 + n] ~= '' then event_templates[kind] = cjson.decode(ARGV[12 + n]) end
+end
 
 local function enqueue_one(b)
   local id, key, fp, kind, acct = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
-  local head, tail = ARGV[b + 6], ARGV[b + 7]
+  local body, described = ARGV[b + 6], ARGV[b + 7]
   local ik = idem_key(key)
   local existing = redis.call('GET', ik)
   if existing then
@@ -50,12 +64,14 @@ local function enqueue_one(b)
   local direct = count < SHARE and redis.call('EXISTS', backlog_key(acct)) == 0
 
   local j = job_key(id)
-  redis.call('HSET', j, 'data', ARGV[b + 5], 'fp', fp, 'kind', kind, 'acct', acct, 'key', key, 'msg_head', head,
-    'msg_tail', tail, 'created', NOW, 'attempts', 0, 'credit', 0, 'state', direct and 'queued' or 'backlog',
-    'pubs', direct and 1 or 0, 'queued_at', NOW, 'tag', delivery_tag(id, 1), unpack(order))
+  local tag = delivery_tag(id, 1)
+  redis.call('HSET', j, 'data', ARGV[b + 5], 'fp', fp, 'kind', kind, 'acct', acct, 'key', key, 'b64', body,
+    'kw', described, 'created', NOW, 'attempts', 0, 'credit', 0, 'state', direct and 'queued' or 'backlog',
+    'pubs', direct and 1 or 0, 'queued_at', NOW, 'tag', tag, unpack(order))
   redis.call('EXPIRE', j, TTL)
+  local tpl = templates[kind]
   if direct then
-    messages[#messages + 1] = head .. delivery_tag(id, 1) .. tail
+    messages[#messages + 1] = fill(tpl.m, tpl.ms, {b = body, i = id, k = described, t = tag})
     redis.call('ZADD', active, NOW, id)
     redis.call('EXPIRE', active, TTL)
     queued[#queued + 1] = NOW
@@ -66,12 +82,15 @@ local function enqueue_one(b)
     redis.call('ZADD', BACKLOGS, NOW, acct)
     refill(acct)
   end
-  events[#events + 1] = ARGV[b + 8]
+  if EVENTS_TO ~= '' then
+    local etpl = event_templates[kind]
+    events[#events + 1] = fill(etpl.e, etpl.es, {i = id, k = described, s = string.format('%.3f', NOW / 1000)})
+  end
   return 0, id
 end
 
 local results = {}
-for b = 11, #ARGV, ARGS_PER_JOB do
+for b = 15, #ARGV, ARGS_PER_JOB do
   local status, id = enqueue_one(b)
   results[#results + 1] = status
   results[#results + 1] = id

@@ -12,8 +12,8 @@ local j = job_key(id)
 local f = redis.call('HMGET', j, 'kind', 'acct', 'seq', 'state')
 if not f[1] then return 0 end
 redis.call('HSET', j, 'state', 'delivered', 'delivered_at', NOW, 'status', ARGV[10], 'request_id', ARGV[11])
--- A delivered job is never published again: its message (a third of its record) is dead weight for 72 h.
-redis.call('HDEL', j, 'msg_head', 'msg_tail')
+-- A delivered job is never published again: its message values are dead weight for 72 h.
+redis.call('HDEL', j, 'b64', 'kw')
 push_history(id, ARGV[12])
 touch(id)
 release_lease(id, token)

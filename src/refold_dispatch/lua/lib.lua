@@ -71,17 +71,50 @@ local function delivery_tag(id, n)
   return id .. '.' .. n .. '.' .. NOW
 end
 
--- Put the job's Celery message on the queue. The message was built once at enqueue; only its delivery tag is
--- new each time (kombu tracks unacked messages by tag), so every publish of a job keeps the job's task id.
+-- A template filled in: pieces[1] .. values[slot 1] .. pieces[2] .. ... (message.py's fill is the reference).
+-- Slots: b (message body), i (job id), k (description), t (delivery tag), s (event timestamp).
+local function fill(pieces, slots, values)
+  local out = {pieces[1]}
+  for n = 1, #slots do
+    out[#out + 1] = values[string.sub(slots, n, n)]
+    out[#out + 1] = pieces[n + 1]
+  end
+  return table.concat(out)
+end
+
+-- The message templates of this queue, one per job kind, shared by every job (see message.py): decoded once
+-- per script call.
+local function template_key(kind) return P .. ':tpl:v1:' .. QUEUE .. ':' .. kind end
+local TEMPLATES = {}
+local function template(kind)
+  local found = TEMPLATES[kind]
+  if found == nil then
+    local text = redis.call('GET', template_key(kind))
+    found = text and cjson.decode(text) or false
+    TEMPLATES[kind] = found
+  end
+  return found
+end
+
+-- Put the job's Celery message on the queue: its template filled with the job's own values and a new delivery
+-- tag (kombu tracks unacked messages by tag); every publish of a job keeps the job's task id.
 local function publish(id)
-  local f = redis.call('HMGET', job_key(id), 'msg_head', 'msg_tail', 'acct')
+  local j = job_key(id)
+  local f = redis.call('HMGET', j, 'b64', 'kw', 'acct', 'kind')
   if not f[1] then return false end
-  local n = redis.call('HINCRBY', job_key(id), 'pubs', 1)
+  local tpl = template(f[4])
+  if not tpl then
+    -- The shared template is gone (a wiped key). Every enqueue and mover call writes it again: look again soon.
+    redis.call('HSET', j, 'state', 'delayed', 'next_due', NOW + 5000, 'defer_reason', 'template')
+    redis.call('ZADD', DELAYED, NOW + 5000, id)
+    return false
+  end
+  local n = redis.call('HINCRBY', j, 'pubs', 1)
   local tag = delivery_tag(id, n)
-  redis.call('LPUSH', QUEUE, f[1] .. tag .. f[2])
+  redis.call('LPUSH', QUEUE, fill(tpl.m, tpl.ms, {b = f[1], i = id, k = f[2], t = tag}))
   redis.call('ZADD', active_key(f[3]), NOW, id)
   redis.call('EXPIRE', active_key(f[3]), TTL)
-  redis.call('HSET', job_key(id), 'state', 'queued', 'queued_at', NOW, 'tag', tag)
+  redis.call('HSET', j, 'state', 'queued', 'queued_at', NOW, 'tag', tag)
   redis.call('ZADD', QUEUED, NOW, id)
   return true
 end
@@ -195,7 +228,7 @@ dead_letter = function(id, reason, error_json, detail)
     .. ',"job":' .. f[1] .. '}'
   store_dead_letter(id, entry)
   redis.call('HSET', j, 'state', 'dead', 'dead_reason', reason, 'dead_at', NOW)
-  redis.call('HDEL', j, 'msg_head', 'msg_tail')  -- a replay builds the message anew from the dead letter
+  redis.call('HDEL', j, 'b64', 'kw')  -- a replay takes the job's values anew from the dead letter
   if error_json ~= nil and error_json ~= '' then redis.call('HSET', j, 'last_error', error_json) end
   touch(id)
   redis.call('ZREM', DELAYED, id)

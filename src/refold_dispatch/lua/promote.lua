@@ -1,7 +1,12 @@
 -- The mover: publish delayed jobs that are due, and unstick backlogs whose account went quiet.
 -- Safe to run from every worker at once: each due job is taken by exactly one call.
--- ARGV[8] max jobs per call. Returns the number of jobs published or admitted.
+-- ARGV[8] max jobs per call   [9] [10] the message templates of trigger-event and upsert jobs (message.py),
+-- stored where missing (a wiped key) so publishing can go on. Returns the number of jobs published or admitted.
 local limit = tonumber(ARGV[8])
+if ARGV[9] then
+  redis.call('SET', template_key('event'), ARGV[9], 'NX')
+  redis.call('SET', template_key('upsert'), ARGV[10], 'NX')
+end
 local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', NOW, 'LIMIT', 0, limit)
 local moved = 0
 for _, id in ipairs(due) do
