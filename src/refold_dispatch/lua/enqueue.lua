@@ -23,11 +23,17 @@ local templates, event_templates = {}, {}
 for n, kind in ipairs({'event', 'upsert'}) do
   local text = ARGV[10 + n]
   if text ~= '' then
-    templates[kind] = cjson.decode(text)
+    local decoded = cjson.decode(text)
+    templates[kind] = compile_template(decoded.m, decoded.ms)
     if redis.call('GET', template_key(kind)) ~= text then redis.call('SET', template_key(kind), text) end
   end
-  if ARGV[12 + n] ~= '' then event_templates[kind] = cjson.decode(ARGV[12 + n]) end
+  if ARGV[12 + n] ~= '' then
+    local decoded = cjson.decode(ARGV[12 + n])
+    event_templates[kind] = compile_template(decoded.e, decoded.es)
+  end
 end
+-- Every event of this call carries the same timestamp: the script's clock does not move while it runs.
+local stamp = string.format('%.3f', NOW / 1000)
 
 local function enqueue_one(b)
   local id, key, fp, kind, acct = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
@@ -71,7 +77,7 @@ local function enqueue_one(b)
   redis.call('EXPIRE', j, TTL)
   local tpl = templates[kind]
   if direct then
-    messages[#messages + 1] = fill(tpl.m, tpl.ms, {b = body, i = id, k = described, t = tag})
+    messages[#messages + 1] = fill(tpl, {body, id, described, tag})
     redis.call('ZADD', active, NOW, id)
     redis.call('EXPIRE', active, TTL)
     queued[#queued + 1] = NOW
@@ -83,8 +89,7 @@ local function enqueue_one(b)
     refill(acct)
   end
   if EVENTS_TO ~= '' then
-    local etpl = event_templates[kind]
-    events[#events + 1] = fill(etpl.e, etpl.es, {i = id, k = described, s = string.format('%.3f', NOW / 1000)})
+    events[#events + 1] = fill(event_templates[kind], {nil, id, described, nil, stamp})
   end
   return 0, id
 end

@@ -71,13 +71,23 @@ local function delivery_tag(id, n)
   return id .. '.' .. n .. '.' .. NOW
 end
 
--- A template filled in: pieces[1] .. values[slot 1] .. pieces[2] .. ... (message.py's fill is the reference).
--- Slots: b (message body), i (job id), k (description), t (delivery tag), s (event timestamp).
-local function fill(pieces, slots, values)
+-- Templates (message.py): pieces of text around slots, filled with a job's values. Slot letters name the values:
+-- b (message body), i (job id), k (description), t (delivery tag), s (event timestamp); a template is compiled
+-- once per script call so that filling it is one pass over arrays.
+local SLOT_INDEX = {b = 1, i = 2, k = 3, t = 4, s = 5}
+local function compile_template(pieces, slots)
+  local index = {}
+  for n = 1, #slots do index[n] = SLOT_INDEX[string.sub(slots, n, n)] end
+  return {pieces = pieces, index = index}
+end
+
+-- pieces[1] .. values[slot 1] .. pieces[2] .. ... (message.py's fill is the reference).
+local function fill(template, values)
+  local pieces, index = template.pieces, template.index
   local out = {pieces[1]}
-  for n = 1, #slots do
-    out[#out + 1] = values[string.sub(slots, n, n)]
-    out[#out + 1] = pieces[n + 1]
+  for k = 1, #index do
+    out[2 * k] = values[index[k]]
+    out[2 * k + 1] = pieces[k + 1]
   end
   return table.concat(out)
 end
@@ -90,7 +100,11 @@ local function template(kind)
   local found = TEMPLATES[kind]
   if found == nil then
     local text = redis.call('GET', template_key(kind))
-    found = text and cjson.decode(text) or false
+    found = false
+    if text then
+      local decoded = cjson.decode(text)
+      found = compile_template(decoded.m, decoded.ms)
+    end
     TEMPLATES[kind] = found
   end
   return found
@@ -111,7 +125,7 @@ local function publish(id)
   end
   local n = redis.call('HINCRBY', j, 'pubs', 1)
   local tag = delivery_tag(id, n)
-  redis.call('LPUSH', QUEUE, fill(tpl.m, tpl.ms, {b = f[1], i = id, k = f[2], t = tag}))
+  redis.call('LPUSH', QUEUE, fill(tpl, {f[1], id, f[2], tag}))
   redis.call('ZADD', active_key(f[3]), NOW, id)
   redis.call('EXPIRE', active_key(f[3]), TTL)
   redis.call('HSET', j, 'state', 'queued', 'queued_at', NOW, 'tag', tag)
