@@ -510,11 +510,12 @@ def test_soft_time_limit_reschedules_a_hung_attempt(
     acct = account()
     sandbox.admin.seed_accounts([acct])
     sandbox.admin.set_faults(hang_rate=1.0, hang_seconds=60)
-    start_worker("w1", concurrency=1, **{**FAST, **SHORT_LIMITS})
+    # A 3 s retry delay leaves time to lift the fault between the two attempts.
+    start_worker("w1", concurrency=1, **{**FAST, **SHORT_LIMITS, "REFOLD_RETRY_SCHEDULE": "[3,3,3]"})
     receipt = dispatcher.trigger_event("order.created", acct, {"order": 8})
-    wait_state(real_redis, receipt, "active")
-    sandbox.admin.set_faults(hang_rate=0.0)
     # The soft time limit (5 s) interrupts the hung request; the attempt is rescheduled, not lost.
+    wait_state(real_redis, receipt, "delayed", timeout=30)
+    sandbox.admin.set_faults(hang_rate=0.0)
     wait_state(real_redis, receipt, "delivered", timeout=40)
     wait_idle(real_redis, timeout=40)
     assert deliveries(sandbox, receipt.idempotency_key) == 1
@@ -654,5 +655,9 @@ def test_api_key_is_never_logged_or_stored(
         )
     wait_idle(real_redis)
     wait_for(lambda: dlq.count() >= 2, timeout=20, what="the dead letters")
-    assert {entry.reason for entry in dlq.list(limit=None)} >= {"permanent", "invalid"}
+    reasons = {entry.id: entry.reason for entry in dlq.list(limit=None)}
+    # The unknown event ends dead with error evidence: its 404 (permanent), or, when the seeded faults answered
+    # every attempt first, the last fault (exhausted). Either way its entry holds a last error to scan.
+    assert reasons[jobs[4].job_id] in {"permanent", "exhausted"}
+    assert "invalid" in reasons.values()
     assert_secret_absent(real_redis, dlq, worker)
