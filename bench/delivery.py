@@ -141,6 +141,19 @@ def enqueue_ours(stack: Stack, jobs: int, *, accounts: int = ACCOUNTS, event: st
             dispatcher.enqueue_many(batch)
 
 
+def park_backlog(stack: Stack, variant: Variant, jobs: int) -> str:
+    """Empty the stack, enqueue ``jobs`` for ``variant`` and park them under ``HOLD`` until workers are up;
+    returns the queue to release them onto."""
+    stack.reset()
+    if variant == "ours":
+        enqueue_ours(stack, jobs)
+    else:
+        enqueue_minimal(stack, jobs)
+    queue = OURS_QUEUE if variant == "ours" else MINIMAL_QUEUE
+    stack.redis.rename(queue, HOLD)
+    return queue
+
+
 def enqueue_minimal(stack: Stack, jobs: int, *, accounts: int = ACCOUNTS) -> None:
     task = make_app(stack.redis_server.url).tasks[MINIMAL_TASK]
     for i in range(jobs):
@@ -193,13 +206,7 @@ def drain(
     keep_workers: list[Worker] | None = None,
 ) -> Drain:
     """Enqueue a parked backlog, start the workers, release the backlog and time its delivery."""
-    stack.reset()
-    queue = OURS_QUEUE if variant == "ours" else MINIMAL_QUEUE
-    if variant == "ours":
-        enqueue_ours(stack, jobs)
-    else:
-        enqueue_minimal(stack, jobs)
-    stack.redis.rename(queue, HOLD)
+    queue = park_backlog(stack, variant, jobs)
     workers = start_workers(stack, variant, pool=pool, concurrency=concurrency, instances=instances, env=env, app=app)
     try:
         time.sleep(1.0)  # let the pools settle after "ready."

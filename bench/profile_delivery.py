@@ -29,11 +29,9 @@ from pathlib import Path
 from bench.common import RecordTail, private_redis, wait_delivered
 from bench.delivery import (
     HOLD,
-    MINIMAL_QUEUE,
-    OURS_QUEUE,
     Stack,
-    enqueue_minimal,
     enqueue_ours,
+    park_backlog,
     start_workers,
     unlimited_sandbox,
 )
@@ -141,13 +139,7 @@ def pyspy_mode(stack: Stack, jobs: int, variant: str, seconds: float) -> None:
     binary = shutil.which("py-spy")
     if binary is None:
         raise SystemExit("py-spy not found: run with `uv run --with py-spy python -m bench.profile_delivery ...`")
-    stack.reset()
-    queue = OURS_QUEUE if variant == "ours" else MINIMAL_QUEUE
-    if variant == "ours":
-        enqueue_ours(stack, jobs)
-    else:
-        enqueue_minimal(stack, jobs)
-    stack.redis.rename(queue, HOLD)
+    queue = park_backlog(stack, variant, jobs)  # type: ignore[arg-type]
     workers = start_workers(stack, variant, pool="prefork", concurrency=1, instances=1)  # type: ignore[arg-type]
     out = Path(tempfile.mkstemp(prefix="bench-pyspy-", suffix=".txt")[1])
     try:

@@ -44,12 +44,9 @@ from bench.common import (
 )
 from bench.delivery import (
     HOLD,
-    MINIMAL_QUEUE,
-    OURS_QUEUE,
     Stack,
     Variant,
-    enqueue_minimal,
-    enqueue_ours,
+    park_backlog,
     start_workers,
 )
 from refold_dispatch.dispatcher import Dispatcher
@@ -80,14 +77,8 @@ def _wait(tail: RecordTail, done: Any, timeout: float) -> bool:
 
 
 def limit_run(stack: Stack, variant: Variant, jobs: int) -> dict[str, Any]:
-    stack.reset()
+    queue = park_backlog(stack, variant, jobs)  # resets the sandbox too, so its limit is set after
     stack.sandbox.admin.set_config(rate_limit=LIMIT, rate_burst=BURST, rate_limit_enabled=True)
-    queue = OURS_QUEUE if variant == "ours" else MINIMAL_QUEUE
-    if variant == "ours":
-        enqueue_ours(stack, jobs)
-    else:
-        enqueue_minimal(stack, jobs)
-    stack.redis.rename(queue, HOLD)
     workers = _workers(stack, variant, _env(variant, LIMIT, LIMIT), "-rl")
     try:
         time.sleep(1.0)
