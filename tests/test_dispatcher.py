@@ -290,7 +290,7 @@ def test_the_script_fills_the_templates_into_exactly_the_reference_message_and_e
 
 
 def test_a_wiped_template_defers_publishing_until_the_mover_restores_it(real_redis: redis.Redis) -> None:
-    from refold_dispatch.message import message_templates_json
+    from refold_dispatch.message import TEMPLATE_KINDS, message_templates_json
 
     with Dispatcher(make_settings(redis_url=_real_url(real_redis))) as dispatcher:
         receipt = dispatcher.trigger_event("order.created", "acme", {"n": 1})
@@ -304,7 +304,7 @@ def test_a_wiped_template_defers_publishing_until_the_mover_restores_it(real_red
     assert real_redis.hget(f"refold:job:{receipt.job_id}", "defer_reason") == b"template"
     assert real_redis.zscore("refold:delayed", receipt.job_id) is not None  # nothing lost: it comes back
 
-    templates = message_templates_json("refold")
+    templates = [message_templates_json("refold")[kind] for kind in TEMPLATE_KINDS]
     real_redis.zadd("refold:delayed", {receipt.job_id: 0})
     scripts.run("promote", [10, *templates])  # the mover's call restores the template first
     assert real_redis.llen("refold") == 1

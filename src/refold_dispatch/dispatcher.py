@@ -25,8 +25,9 @@ from redis.retry import Retry
 
 from refold_dispatch.config import Settings, get_settings
 from refold_dispatch.errors import EnqueueError, IdempotencyConflictError
-from refold_dispatch.jobs import EVENT, UPSERT, Job, trigger_event_job, upsert_linked_account_job
+from refold_dispatch.jobs import Job, trigger_event_job, upsert_linked_account_job
 from refold_dispatch.message import (
+    TEMPLATE_KINDS,
     event_templates_json,
     events_channel,
     message_templates_json,
@@ -90,23 +91,28 @@ def _batches(jobs: Sequence[Job], settings: Settings, events_to: str) -> Iterato
     a time so the first is on its way to Redis while the next is built."""
     envelope_head, envelope_tail = sent_events_envelope() if events_to else ("", "")
     message_templates = message_templates_json(settings.queue)
-    event_templates = event_templates_json(settings.queue) if events_to else ("", "")
+    event_templates = event_templates_json(settings.queue) if events_to else {}
     show_payload = settings.show_payload_in_flower
     for start in range(0, len(jobs), ENQUEUE_BATCH):
         batch = jobs[start : start + ENQUEUE_BATCH]
         kinds = {job.kind for job in batch}
-        wanted = (EVENT in kinds, UPSERT in kinds)
         args: list[ScriptArg] = [events_to, envelope_head, envelope_tail]
-        args += [template if used else "" for template, used in zip(message_templates, wanted, strict=True)]
-        args += [template if used else "" for template, used in zip(event_templates, wanted, strict=True)]
+        # Only the templates this call's jobs use ('' for the others), in the order the script takes them.
+        args += [message_templates[kind] if kind in kinds else "" for kind in TEMPLATE_KINDS]
+        args += [event_templates.get(kind, "") if kind in kinds else "" for kind in TEMPLATE_KINDS]
         for job in batch:
             args += _job_args(job, show_payload)
         yield args
 
 
-def _events_to(settings: Settings, redis_db: object) -> str:
+def redis_db(client: redis.Redis | redis.asyncio.Redis) -> int:
+    """The database number a client talks to (kombu's event channels are named after it)."""
+    return int(str(client.connection_pool.connection_kwargs.get("db", 0) or 0))
+
+
+def _events_to(settings: Settings, client: redis.Redis | redis.asyncio.Redis) -> str:
     """The channel for Flower's ``task-sent`` events, or "" when they are switched off."""
-    return events_channel(int(str(redis_db or 0))) if settings.send_sent_events else ""
+    return events_channel(redis_db(client)) if settings.send_sent_events else ""
 
 
 def _receipts(jobs: Sequence[Job], replies: Sequence[Any]) -> list[Receipt]:
@@ -192,7 +198,7 @@ class Dispatcher(_JobBuilding):
             self.settings.redis_url, **redis_client_options(self.settings)
         )
         self.scripts = Scripts(self.redis, ScriptContext.from_settings(self.settings))
-        self._events_to = _events_to(self.settings, self.redis.connection_pool.connection_kwargs.get("db", 0))
+        self._events_to = _events_to(self.settings, self.redis)
 
     @classmethod
     def from_env(cls) -> Dispatcher:
@@ -278,7 +284,7 @@ class AsyncDispatcher(_JobBuilding):
             self.settings.redis_url, **redis_client_options(self.settings)
         )
         self.scripts = AsyncScripts(self.redis, ScriptContext.from_settings(self.settings))
-        self._events_to = _events_to(self.settings, self.redis.connection_pool.connection_kwargs.get("db", 0))
+        self._events_to = _events_to(self.settings, self.redis)
 
     @classmethod
     def from_env(cls) -> AsyncDispatcher:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from refold_dispatch.config import Settings
 from refold_dispatch.errors import DeadLetterNotFoundError
-from refold_dispatch.jobs import EVENT, UPSERT, Job
+from refold_dispatch.jobs import Job
 from refold_dispatch.keys import Keys
 from refold_dispatch.message import message_templates_json, message_values
 from refold_dispatch.scripts import ScriptContext, Scripts
@@ -188,7 +188,6 @@ class DeadLetterQueue:
         stored = self.redis.hmget(self.keys.job(job.id), "seq", "after", "after_job")
         seq, after, after_job = (_text(value) for value in stored)
         body, described = message_values(job, show_payload=self.settings.show_payload_in_flower)
-        templates = dict(zip((EVENT, UPSERT), message_templates_json(self.settings.queue), strict=True))
         result = self.scripts.run(
             "replay",
             [
@@ -203,7 +202,7 @@ class DeadLetterQueue:
                 seq,
                 after,
                 after_job,
-                templates[job.kind],
+                message_templates_json(self.settings.queue)[job.kind],
             ],
         )
         outcome = _text(result)

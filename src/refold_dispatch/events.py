@@ -67,18 +67,11 @@ def _envelope(body: str, hostname: str, routing_key: str, delivery_tag: str, *, 
     return json.dumps(envelope)
 
 
-def event_envelope(
-    event_type: str,
-    hostname: str,
-    fields: dict[str, object],
-    *,
-    timestamp: float,
-    delivery_tag: str | None = None,
-) -> str:
+def event_envelope(event_type: str, hostname: str, fields: dict[str, object], *, timestamp: float) -> str:
     """One Celery event in kombu's Redis envelope, as ``EventDispatcher.send`` would publish it."""
     event = event_dict(event_type, hostname, fields, timestamp=timestamp)
     body = base64.b64encode(json.dumps(event).encode()).decode()
-    tag = delivery_tag or f"{fields.get('uuid', '')}.{event_type}"
+    tag = f"{fields.get('uuid', '')}.{event_type}"
     return _envelope(body, hostname, event_type.replace("-", "."), tag, base64_body=True)
 
 

@@ -26,7 +26,7 @@ from functools import cache
 
 from refold_dispatch.events import event_dict, multi_envelope_parts
 from refold_dispatch.events import events_channel as _events_channel
-from refold_dispatch.jobs import Job, TriggerEventParams, UpsertLinkedAccountParams
+from refold_dispatch.jobs import EVENT, UPSERT, Job, TriggerEventParams, UpsertLinkedAccountParams
 
 TRIGGER_EVENT_TASK = "refold.trigger_event"
 UPSERT_LINKED_ACCOUNT_TASK = "refold.upsert_linked_account"
@@ -135,23 +135,23 @@ def _message_template(task: str, queue: str) -> tuple[list[str], str]:
     return _split_template(reference.replace(json.loads(reference)["body"], _BODY_MARK, 1))
 
 
-@cache
-def message_templates_json(queue: str) -> tuple[str, str]:
-    """The message templates of trigger-event and upsert jobs on ``queue``, as the scripts take them
-    (``{"m": pieces, "ms": slots}``). The same text in every process (it names no host), so the copy stored in
-    Redis for later publishes is written once, not by each process in turn."""
-    return _template_json(TRIGGER_EVENT_TASK, queue, "m", _message_template), _template_json(
-        UPSERT_LINKED_ACCOUNT_TASK, queue, "m", _message_template
-    )
+# The job kinds in the order the scripts take their templates (enqueue.lua and promote.lua: event, upsert).
+TEMPLATE_KINDS = (EVENT, UPSERT)
 
 
 @cache
-def event_templates_json(queue: str) -> tuple[str, str]:
-    """The task-sent event templates of trigger-event and upsert jobs (``{"e": pieces, "es": slots}``): only
-    ever filled at enqueue, never stored."""
-    return _template_json(TRIGGER_EVENT_TASK, queue, "e", _event_template), _template_json(
-        UPSERT_LINKED_ACCOUNT_TASK, queue, "e", _event_template
-    )
+def message_templates_json(queue: str) -> Mapping[str, str]:
+    """The message template of each job kind on ``queue``, as the scripts take it (``{"m": pieces, "ms":
+    slots}``). The same text in every process (it names no host), so the copy stored in Redis for later
+    publishes is written once, not by each process in turn."""
+    return {kind: _template_json(TASK_FOR_KIND[kind], queue, "m", _message_template) for kind in TEMPLATE_KINDS}
+
+
+@cache
+def event_templates_json(queue: str) -> Mapping[str, str]:
+    """The task-sent event template of each job kind (``{"e": pieces, "es": slots}``): only ever filled at
+    enqueue, never stored."""
+    return {kind: _template_json(TASK_FOR_KIND[kind], queue, "e", _event_template) for kind in TEMPLATE_KINDS}
 
 
 def _template_json(task: str, queue: str, name: str, template: Callable[[str, str], tuple[list[str], str]]) -> str:

@@ -27,7 +27,7 @@ from celery.exceptions import Reject, Retry
 from refold_dispatch.client import RefoldClient
 from refold_dispatch.config import get_settings
 from refold_dispatch.delivery import Deliverer, Outcome
-from refold_dispatch.dispatcher import redis_location
+from refold_dispatch.dispatcher import redis_db, redis_location
 from refold_dispatch.errors import DeadLetteredError
 from refold_dispatch.events import TaskEvents
 from refold_dispatch.keys import Keys
@@ -73,16 +73,11 @@ def run_delivery(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, 
     return _celery_result(outcome)
 
 
-@cache
-def _redis_db() -> int:
-    return int(deliverer().redis.connection_pool.connection_kwargs.get("db", 0) or 0)
-
-
 def _task_events(task: Task[Any, Any], job_id: str) -> TaskEvents:
     """This execution's events for Flower, named as Celery would name them (see ``events``)."""
     request = task.request
     return TaskEvents(
-        redis_db=_redis_db(),
+        redis_db=redis_db(deliverer().redis),
         hostname=str(request.hostname or ""),
         task=task.name,
         task_id=str(request.id or job_id),
