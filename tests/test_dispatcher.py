@@ -5,16 +5,17 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Iterator
 
 import fakeredis
 import pytest
 import redis
 
 from refold_dispatch import jobs
-from refold_dispatch.dispatcher import AsyncDispatcher, Dispatcher
-from refold_dispatch.errors import EnqueueError, IdempotencyConflictError, ValidationError
+from refold_dispatch.dispatcher import ENQUEUE_BATCH, AsyncDispatcher, Dispatcher
+from refold_dispatch.errors import EnqueueError, IdempotencyConflictError, PartialEnqueueError, ValidationError
 from refold_dispatch.message import TRIGGER_EVENT_TASK, UPSERT_LINKED_ACCOUNT_TASK
-from refold_dispatch.scripts import ScriptContext, Scripts
+from refold_dispatch.scripts import STREAM_WINDOW, ScriptContext, Scripts
 from tests.conftest import make_settings
 from tests.support import TEST_API_KEY
 
@@ -275,6 +276,12 @@ def test_the_script_fills_the_templates_into_exactly_the_reference_message_and_e
             message.sent_event_reference(job, "refold", repr(message.describe(job)), timestamp=event["timestamp"])
         )
         assert event == expected
+    # Byte for byte too: the script escapes nothing itself but the description (pieces come escaped).
+    references = [
+        message.sent_event(job, "refold", repr(message.describe(job)), timestamp_ms=round(event["timestamp"] * 1000))
+        for job, event in zip((event_job, upsert_job), events, strict=True)
+    ]
+    assert published["data"].decode() == message.sent_events_reference(references)
     subscriber.close()
 
     # A later publish (a retry, a backlog) fills the stored template with the job's stored values.
@@ -290,12 +297,12 @@ def test_the_script_fills_the_templates_into_exactly_the_reference_message_and_e
 
 
 def test_a_wiped_template_defers_publishing_until_the_mover_restores_it(real_redis: redis.Redis) -> None:
-    from refold_dispatch.message import TEMPLATE_KINDS, message_templates_json
+    from refold_dispatch.message import TEMPLATE_KINDS, message_templates
 
     with Dispatcher(make_settings(redis_url=_real_url(real_redis))) as dispatcher:
         receipt = dispatcher.trigger_event("order.created", "acme", {"n": 1})
     scripts = Scripts(real_redis, ScriptContext.from_settings(make_settings()))
-    real_redis.delete("refold", "refold:tpl:v1:refold:event")
+    real_redis.delete("refold", "refold:tpl:v2:refold:event")
     real_redis.hset(f"refold:job:{receipt.job_id}", "state", "delayed")
     real_redis.zadd("refold:delayed", {receipt.job_id: 0})
 
@@ -304,7 +311,7 @@ def test_a_wiped_template_defers_publishing_until_the_mover_restores_it(real_red
     assert real_redis.hget(f"refold:job:{receipt.job_id}", "defer_reason") == b"template"
     assert real_redis.zscore("refold:delayed", receipt.job_id) is not None  # nothing lost: it comes back
 
-    templates = [message_templates_json("refold")[kind] for kind in TEMPLATE_KINDS]
+    templates = [message_templates("refold")[kind] for kind in TEMPLATE_KINDS]
     real_redis.zadd("refold:delayed", {receipt.job_id: 0})
     scripts.run("promote", [10, *templates])  # the mover's call restores the template first
     assert real_redis.llen("refold") == 1
@@ -315,8 +322,6 @@ def _real_url(client: redis.Redis) -> str:
 
 
 def test_enqueue_many_streams_several_script_calls_with_dedupe_across_them(real_redis: redis.Redis) -> None:
-    from refold_dispatch.dispatcher import ENQUEUE_BATCH
-
     with Dispatcher(make_settings(redis_url=_real_url(real_redis))) as dispatcher:
         early = dispatcher.event_job("order.created", "acct-early", {"n": -1}, idempotency_key="early")
         dispatcher.enqueue(early)
@@ -370,3 +375,79 @@ async def test_async_enqueue_many_streams_on_a_real_redis(real_redis: redis.Redi
     assert not any(r.duplicate for r in first) and all(r.duplicate for r in again)
     assert [r.job_id for r in again] == [job.id for job in batch]
     assert real_redis.llen("refold") == 130
+
+
+def _rows_with_a_bad_one(dispatcher: Dispatcher | AsyncDispatcher, count: int, bad_at: int) -> Iterator[jobs.Job]:
+    """What a backfill passes: jobs built from rows as they are taken; row ``bad_at`` does not validate."""
+    for n in range(count):
+        account = "" if n == bad_at else f"acct-{n}"
+        yield dispatcher.event_job("order.created", account, {"n": n})
+
+
+def test_enqueue_many_takes_a_generator_and_a_bad_row_stops_it_with_everything_before_stored(
+    real_redis: redis.Redis,
+) -> None:
+    bad_at = 2 * ENQUEUE_BATCH + 5  # in the third script call of the stream
+    with (
+        Dispatcher(make_settings(redis_url=_real_url(real_redis))) as dispatcher,
+        pytest.raises(PartialEnqueueError, match=rf"stopped at item {bad_at}: ValidationError") as caught,
+    ):
+        dispatcher.enqueue_many(_rows_with_a_bad_one(dispatcher, 4 * ENQUEUE_BATCH, bad_at))
+
+    error = caught.value
+    assert error.position == bad_at and isinstance(error.__cause__, ValidationError)
+    assert len(error.receipts) == bad_at and not any(r.duplicate for r in error.receipts)
+    # Exactly the rows before the bad one are stored and queued, in order; nothing after it was taken.
+    queued = [json.loads(raw)["headers"]["id"] for raw in reversed(real_redis.lrange("refold", 0, -1))]
+    assert queued == [r.job_id for r in error.receipts]
+
+
+async def test_async_enqueue_many_stops_at_a_bad_row_the_same_way(real_redis: redis.Redis) -> None:
+    async with AsyncDispatcher(make_settings(redis_url=_real_url(real_redis))) as dispatcher:
+        with pytest.raises(PartialEnqueueError) as caught:
+            await dispatcher.enqueue_many(_rows_with_a_bad_one(dispatcher, 2 * ENQUEUE_BATCH, ENQUEUE_BATCH + 1))
+    assert len(caught.value.receipts) == ENQUEUE_BATCH + 1
+    assert real_redis.llen("refold") == ENQUEUE_BATCH + 1
+
+
+def test_enqueue_many_checks_a_whole_list_before_touching_redis(
+    dispatcher: Dispatcher, fake_redis: fakeredis.FakeRedis
+) -> None:
+    batch: list[object] = [dispatcher.event_job("e", f"a{n}") for n in range(3)]
+    batch.append({"event": "e", "linked_account_id": "a"})  # a row, not a built job
+    with pytest.raises(TypeError, match="not dict"):
+        dispatcher.enqueue_many(batch)  # type: ignore[arg-type]
+    assert fake_redis.llen("refold") == 0
+
+    with pytest.raises(PartialEnqueueError, match="TypeError") as caught:
+        dispatcher.enqueue_many(job for job in batch)  # type: ignore[misc]
+    assert caught.value.position == 3 and len(caught.value.receipts) == 3
+    assert fake_redis.llen("refold") == 3
+
+
+def test_enqueue_many_streams_more_calls_than_its_window_in_order(real_redis: redis.Redis) -> None:
+    count = ENQUEUE_BATCH * (STREAM_WINDOW + 3) + 1
+    with Dispatcher(make_settings(redis_url=_real_url(real_redis))) as dispatcher:
+        batch = [dispatcher.event_job("e", f"a{n}") for n in range(count)]
+        receipts = dispatcher.enqueue_many(iter(batch))
+    assert [r.job_id for r in receipts] == [job.id for job in batch]
+    assert real_redis.llen("refold") == count
+
+
+def test_enqueue_many_sends_unanswered_calls_again_after_the_connection_drops(real_redis: redis.Redis) -> None:
+    count = ENQUEUE_BATCH * (STREAM_WINDOW + 3)
+    with Dispatcher(make_settings(redis_url=_real_url(real_redis))) as dispatcher:
+        batch = [dispatcher.event_job("e", f"a{n}") for n in range(count)]
+
+        def rows() -> Iterator[jobs.Job]:
+            for n, job in enumerate(batch):
+                if n == count // 2:  # mid-stream, with script calls sent and not yet answered
+                    killed = real_redis.client_kill_filter(_type="normal", skipme=True)
+                    assert killed >= 1
+                yield job
+
+        receipts = dispatcher.enqueue_many(rows())
+    # Every job stored once, whichever calls ran before the drop (those answer duplicate=True when sent again).
+    assert [r.job_id for r in receipts] == [job.id for job in batch]
+    assert real_redis.llen("refold") == count
+    assert len(set(real_redis.lrange("refold", 0, -1))) == count

@@ -11,10 +11,10 @@ from tests.support import ROOT
 EXPECTED = {
     "AsyncDispatcher", "AsyncRefoldClient", "AuthError", "ConfigurationError", "DeadLetter", "DeadLetterFilter",
     "DeadLetterNotFoundError", "DeadLetterQueue", "DeadLetteredError", "Dispatcher", "EnqueueError",
-    "IdempotencyConflictError", "Job", "LinkedAccount", "LinkedAccountPage", "PermanentError", "RateLimitedError",
-    "Receipt", "RefoldClient", "RefoldDispatchError", "RefoldError", "ReplayResult", "SessionToken", "Settings",
-    "TransientError", "TriggerEventResult", "ValidationError", "__version__", "get_settings", "trigger_event_job",
-    "upsert_linked_account_job",
+    "IdempotencyConflictError", "Job", "LinkedAccount", "LinkedAccountPage", "PartialEnqueueError", "PermanentError",
+    "RateLimitedError", "Receipt", "RefoldClient", "RefoldDispatchError", "RefoldError", "ReplayResult", "SessionToken",
+    "Settings", "TransientError", "TriggerEventResult", "ValidationError", "__version__", "get_settings",
+    "trigger_event_job", "upsert_linked_account_job",
 }  # fmt: skip
 
 

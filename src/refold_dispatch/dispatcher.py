@@ -13,7 +13,7 @@ returns the first job's receipt with ``duplicate=True`` (or raises
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,13 +24,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from refold_dispatch.config import Settings, get_settings
-from refold_dispatch.errors import EnqueueError, IdempotencyConflictError
+from refold_dispatch.errors import EnqueueError, IdempotencyConflictError, PartialEnqueueError
 from refold_dispatch.jobs import Job, trigger_event_job, upsert_linked_account_job
 from refold_dispatch.message import (
     TEMPLATE_KINDS,
-    event_templates_json,
+    event_templates,
     events_channel,
-    message_templates_json,
+    message_templates,
     message_values,
     sent_events_envelope,
 )
@@ -86,23 +86,73 @@ def _job_args(job: Job, show_payload: bool) -> list[ScriptArg]:
     ]
 
 
-def _batches(jobs: Sequence[Job], settings: Settings, events_to: str) -> Iterator[list[ScriptArg]]:
-    """``enqueue`` script arguments for ``jobs``, ``ENQUEUE_BATCH`` jobs per script call, built one call at
-    a time so the first is on its way to Redis while the next is built."""
-    envelope_head, envelope_tail = sent_events_envelope() if events_to else ("", "")
-    message_templates = message_templates_json(settings.queue)
-    event_templates = event_templates_json(settings.queue) if events_to else {}
-    show_payload = settings.show_payload_in_flower
-    for start in range(0, len(jobs), ENQUEUE_BATCH):
-        batch = jobs[start : start + ENQUEUE_BATCH]
-        kinds = {job.kind for job in batch}
-        args: list[ScriptArg] = [events_to, envelope_head, envelope_tail]
-        # Only the templates this call's jobs use ('' for the others), in the order the script takes them.
-        args += [message_templates[kind] if kind in kinds else "" for kind in TEMPLATE_KINDS]
-        args += [event_templates.get(kind, "") if kind in kinds else "" for kind in TEMPLATE_KINDS]
-        for job in batch:
-            args += _job_args(job, show_payload)
-        yield args
+def _checked_job(job: object) -> Job:
+    if not isinstance(job, Job):
+        raise TypeError(f"enqueue takes Job objects (from event_job / account_job), not {type(job).__name__}")
+    return job
+
+
+def _whole_checked(jobs: Iterable[Job]) -> Iterable[Job]:
+    """A list's items checked before anything is sent; a generator's are checked as they come."""
+    if isinstance(jobs, Sequence):
+        for job in jobs:
+            _checked_job(job)
+    return jobs
+
+
+class _EnqueueStream:
+    """The ``enqueue`` script calls for a stream of jobs, ``ENQUEUE_BATCH`` jobs per call, built one call at a
+    time: the first call is on its way to Redis while the next is built, and when ``jobs`` is lazy (a generator
+    building jobs from rows) so is the building of its jobs. If taking a job raises, the jobs before it still go
+    out and the stream ends there; ``stopped`` keeps the position and the exception."""
+
+    def __init__(self, jobs: Iterable[Job], settings: Settings, events_to: str) -> None:
+        self._jobs = iter(jobs)
+        self._settings = settings
+        self._events_to = events_to
+        self.taken: list[Job] = []
+        self.stopped: tuple[int, Exception] | None = None
+
+    def calls(self) -> Iterator[list[ScriptArg]]:
+        events_to = self._events_to
+        envelope_head, envelope_tail = sent_events_envelope() if events_to else ("", "")
+        message_texts = message_templates(self._settings.queue)
+        event_texts = event_templates(self._settings.queue) if events_to else {}
+        show_payload = self._settings.show_payload_in_flower
+        while self.stopped is None:
+            batch = self._next_batch()
+            if not batch:
+                return
+            self.taken += batch
+            kinds = {job.kind for job in batch}
+            args: list[ScriptArg] = [events_to, envelope_head, envelope_tail]
+            # Only the templates this call's jobs use ('' for the others), in the order the script takes them.
+            args += [message_texts[kind] if kind in kinds else "" for kind in TEMPLATE_KINDS]
+            args += [event_texts.get(kind, "") if kind in kinds else "" for kind in TEMPLATE_KINDS]
+            for job in batch:
+                args += _job_args(job, show_payload)
+            yield args
+
+    def _next_batch(self) -> list[Job]:
+        batch: list[Job] = []
+        try:
+            for job in self._jobs:
+                batch.append(_checked_job(job))
+                if len(batch) == ENQUEUE_BATCH:
+                    break
+        except Exception as exc:  # the caller's iterable failed: what came before it is still enqueued
+            self.stopped = (len(self.taken) + len(batch), exc)
+        return batch
+
+    def receipts(self, replies: Sequence[Any]) -> list[Receipt]:
+        """Receipts from the script's replies; raises for a stop or a conflict once every reply is read."""
+        receipts, conflict = _receipts(self.taken, replies)
+        if self.stopped is not None:
+            position, cause = self.stopped
+            raise PartialEnqueueError(receipts, position, cause, conflict) from cause
+        if conflict is not None:
+            raise conflict
+        return receipts
 
 
 def redis_db(client: redis.Redis | redis.asyncio.Redis) -> int:
@@ -115,9 +165,9 @@ def _events_to(settings: Settings, client: redis.Redis | redis.asyncio.Redis) ->
     return events_channel(redis_db(client)) if settings.send_sent_events else ""
 
 
-def _receipts(jobs: Sequence[Job], replies: Sequence[Any]) -> list[Receipt]:
+def _receipts(jobs: Sequence[Job], replies: Sequence[Any]) -> tuple[list[Receipt], IdempotencyConflictError | None]:
     """Receipts from the script's replies (a flat status, job id pair per job, ``ENQUEUE_BATCH`` jobs per
-    reply); a conflict raises after every receipt is read."""
+    reply), and the first conflict among them. An error reply raises."""
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
@@ -130,9 +180,7 @@ def _receipts(jobs: Sequence[Job], replies: Sequence[Any]) -> list[Receipt]:
         if status == _CONFLICT:
             conflict = conflict or IdempotencyConflictError(job.idempotency_key, job_id)
         receipts.append(Receipt(job_id=job_id, idempotency_key=job.idempotency_key, duplicate=status == _DUPLICATE))
-    if conflict is not None:
-        raise conflict
-    return receipts
+    return receipts, conflict
 
 
 def _enqueue_error(settings: Settings, exc: Exception, jobs: Sequence[Job]) -> EnqueueError:
@@ -244,24 +292,28 @@ class Dispatcher(_JobBuilding):
 
     def enqueue(self, job: Job) -> Receipt:
         """Store and publish a built job (see :meth:`event_job` / :meth:`account_job`)."""
-        return self.enqueue_many([job])[0]
-
-    def enqueue_many(self, jobs: Sequence[Job]) -> list[Receipt]:
-        """Store and publish many jobs in one round trip, with the same per-job guarantees.
-
-        Each job is claimed and stored atomically on its own; the batch is not all-or-nothing. A conflicting
-        key raises :class:`IdempotencyConflictError` after the other jobs of the batch are stored.
-        """
-        if not jobs:
-            return []
+        stream = _EnqueueStream([_checked_job(job)], self.settings, self._events_to)
         try:
-            if len(jobs) == 1:  # the web request's path: no streaming machinery
-                replies = [self.scripts.run("enqueue", next(_batches(jobs, self.settings, self._events_to)))]
-            else:
-                replies = self.scripts.run_many("enqueue", _batches(jobs, self.settings, self._events_to))
-            return _receipts(jobs, replies)
+            return stream.receipts([self.scripts.run("enqueue", next(stream.calls()))])[0]
         except redis.RedisError as exc:
-            raise _enqueue_error(self.settings, exc, jobs) from exc
+            raise _enqueue_error(self.settings, exc, [job]) from exc
+
+    def enqueue_many(self, jobs: Iterable[Job]) -> list[Receipt]:
+        """Store and publish many jobs, ``ENQUEUE_BATCH`` per script call, all calls streamed in one round trip,
+        with the same per-job guarantees; the receipts in the jobs' order.
+
+        ``jobs`` may be a list or a generator (``dispatcher.event_job(...) for row in rows``): a generator's jobs
+        are built while Redis stores the ones before them. Each job is claimed and stored atomically on its own;
+        the batch is not all-or-nothing. A conflicting key raises :class:`IdempotencyConflictError` after the
+        other jobs are stored; a generator that raises (a row that does not validate) raises
+        :class:`PartialEnqueueError`, whose receipts are the jobs before that row, all stored. A list is
+        checked whole first: an item that is not a job raises ``TypeError`` before Redis is touched.
+        """
+        stream = _EnqueueStream(_whole_checked(jobs), self.settings, self._events_to)
+        try:
+            return stream.receipts(self.scripts.run_many("enqueue", stream.calls()))
+        except redis.RedisError as exc:  # also an error reply of a script call (raised by receipts)
+            raise _enqueue_error(self.settings, exc, stream.taken) from exc
 
     def close(self) -> None:
         if self._owns_client:
@@ -327,19 +379,19 @@ class AsyncDispatcher(_JobBuilding):
         return await self.enqueue(job)
 
     async def enqueue(self, job: Job) -> Receipt:
-        return (await self.enqueue_many([job]))[0]
-
-    async def enqueue_many(self, jobs: Sequence[Job]) -> list[Receipt]:
-        if not jobs:
-            return []
+        stream = _EnqueueStream([_checked_job(job)], self.settings, self._events_to)
         try:
-            if len(jobs) == 1:
-                replies = [await self.scripts.run("enqueue", next(_batches(jobs, self.settings, self._events_to)))]
-            else:
-                replies = await self.scripts.run_many("enqueue", _batches(jobs, self.settings, self._events_to))
-            return _receipts(jobs, replies)
+            return stream.receipts([await self.scripts.run("enqueue", next(stream.calls()))])[0]
         except redis.RedisError as exc:
-            raise _enqueue_error(self.settings, exc, jobs) from exc
+            raise _enqueue_error(self.settings, exc, [job]) from exc
+
+    async def enqueue_many(self, jobs: Iterable[Job]) -> list[Receipt]:
+        """:meth:`Dispatcher.enqueue_many` on asyncio."""
+        stream = _EnqueueStream(_whole_checked(jobs), self.settings, self._events_to)
+        try:
+            return stream.receipts(await self.scripts.run_many("enqueue", stream.calls()))
+        except redis.RedisError as exc:  # also an error reply of a script call (raised by receipts)
+            raise _enqueue_error(self.settings, exc, stream.taken) from exc
 
     async def aclose(self) -> None:
         if self._owns_client:

@@ -27,7 +27,7 @@ from refold_dispatch.config import Settings
 from refold_dispatch.errors import DeadLetterNotFoundError
 from refold_dispatch.jobs import Job
 from refold_dispatch.keys import Keys
-from refold_dispatch.message import message_templates_json, message_values
+from refold_dispatch.message import message_templates, message_values
 from refold_dispatch.scripts import ScriptContext, Scripts
 
 # Entries are read from Redis in pages of this many, so listing a large queue never loads it all at once.
@@ -202,7 +202,7 @@ class DeadLetterQueue:
                 seq,
                 after,
                 after_job,
-                message_templates_json(self.settings.queue)[job.kind],
+                message_templates(self.settings.queue)[job.kind],
             ],
         )
         outcome = _text(result)

@@ -29,9 +29,12 @@ import json
 import math
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from refold_dispatch.dispatcher import Receipt
 
 # A Retry-After beyond this is capped: a misconfigured server asking for days must not park jobs for days.
 MAX_RETRY_AFTER_SECONDS = 6 * 3600.0
@@ -70,6 +73,31 @@ class EnqueueError(RefoldDispatchError):
     def __init__(self, message: str, *, idempotency_keys: list[str] | None = None) -> None:
         super().__init__(message)
         self.idempotency_keys = idempotency_keys or []
+
+
+class PartialEnqueueError(RefoldDispatchError):
+    """``enqueue_many`` stopped part-way because taking the next job from its iterable raised (a row that did not
+    validate, say). Every job before that one is stored (``receipts``, in order); nothing from it on was taken.
+    ``position`` is the failing item's 0-based index; the exception it raised is ``__cause__``. Enqueueing the
+    remaining jobs later is safe: stored keys answer ``duplicate=True``."""
+
+    def __init__(
+        self,
+        receipts: list[Receipt],
+        position: int,
+        cause: BaseException,
+        conflict: IdempotencyConflictError | None = None,
+    ) -> None:
+        message = (
+            f"enqueue_many stopped at item {position}: {type(cause).__name__}: {cause}; the {len(receipts)} jobs "
+            "before it are stored (see .receipts), none from it on"
+        )
+        if conflict is not None:
+            message += f"; also, among the stored ones: {conflict}"
+        super().__init__(message)
+        self.receipts = receipts
+        self.position = position
+        self.conflict = conflict
 
 
 class DeadLetteredError(RefoldDispatchError):

@@ -158,9 +158,15 @@ def _assemble(model: type[_Model], values: dict[str, Any], private: dict[str, An
     return instance
 
 
+# Encoders built once: ``json.dumps`` with options builds a new encoder on every call, and these run per job on
+# the enqueue path. ``encode`` keeps no state between calls, so one instance serves every thread.
+_CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+_COMPACT_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def canonical_json(value: object) -> str:
     """Compact JSON with sorted keys: the form sizes and fingerprints are computed from."""
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return _CANONICAL_ENCODER.encode(value)
 
 
 def _digest(text: str) -> str:
@@ -169,7 +175,7 @@ def _digest(text: str) -> str:
 
 def _event_fingerprint(params: TriggerEventParams, payload_json: str) -> str:
     head = [params.kind, params.event, params.linked_account_id, params.config_id, params.slug, params.instance_tag]
-    return _digest(json.dumps(head, separators=(",", ":")) + payload_json)
+    return _digest(_COMPACT_ENCODER.encode(head) + payload_json)
 
 
 def _checked_payload(payload: object, max_bytes: int | None) -> tuple[dict[str, Any], str]:

@@ -10,8 +10,9 @@ key                                    type     what, and what bounds it
 ``{p}:job:{job_id}``                   hash     the job record: data, state, attempts, delivery evidence,
                                                 its values in the Celery message (b64, kw). TTL = idempotency
                                                 window, refreshed on every change
-``{p}:tpl:v1:{queue}:{kind}``          string   the Celery message template of a job kind (message.py),
-                                                shared by every job; bounded: two per queue, no TTL
+``{p}:tpl:v2:{queue}:{kind}``          string   the Celery message template of a job kind (message.py's
+                                                template_text), shared by every job; bounded: two per queue,
+                                                no TTL (v1, a JSON form before 0.1.0, is unused)
 ``{p}:job:{job_id}:hist``              list     the last 10 attempts (JSON). Same TTL as the job
 ``{p}:lease:{job_id}``                 string   the worker delivering the job now. TTL = time limit + margin
 ``{p}:acct:{account}``                 hash     ``upsert_seq`` (last enqueued upsert), ``latest_upsert`` (its

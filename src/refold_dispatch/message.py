@@ -9,7 +9,7 @@ so a message can be replayed, deferred and redelivered without copying the paylo
 Messages differ only in a few values: the job id, the description, the body (the id, base64-encoded) and the
 delivery tag, fresh on every publish (kombu tracks unacked messages by it). So the message is a template of
 pieces around those slots, one per task and queue, sent with each enqueue call and kept in Redis for later
-publishes (``{prefix}:tpl:v1:{queue}:{kind}``, see keys.py); a job record keeps only its own values (``b64``,
+publishes (``{prefix}:tpl:v2:{queue}:{kind}``, see keys.py); a job record keeps only its own values (``b64``,
 ``kw``). The Lua scripts fill the slots (``fill`` in lua/lib.lua; :func:`fill` here is the reference, and a
 test pins both, and the result, to :func:`task_message`). Flower's task-sent event is filled the same way.
 """
@@ -24,7 +24,7 @@ import socket
 from collections.abc import Callable, Mapping
 from functools import cache
 
-from refold_dispatch.events import event_dict, multi_envelope_parts
+from refold_dispatch.events import event_dict, multi_envelope, multi_envelope_parts
 from refold_dispatch.events import events_channel as _events_channel
 from refold_dispatch.jobs import EVENT, UPSERT, Job, TriggerEventParams, UpsertLinkedAccountParams
 
@@ -67,7 +67,7 @@ def describe(job: Job, *, show_payload: bool = False) -> dict[str, object]:
 def message_values(job: Job, *, show_payload: bool = False) -> tuple[str, str]:
     """The job's own values in its message: the body (base64) and the description (a JSON string literal)."""
     body = base64.b64encode(f'[["{job.id}"], {{}}, {_EMBED_JSON}]'.encode()).decode()
-    return body, json.dumps(repr(describe(job, show_payload=show_payload)))
+    return body, _json_string(repr(describe(job, show_payload=show_payload)))
 
 
 def build_message(job: Job, queue: str, *, show_payload: bool = False) -> str:
@@ -76,6 +76,9 @@ def build_message(job: Job, queue: str, *, show_payload: bool = False) -> str:
     pieces, slots = _message_template(TASK_FOR_KIND[job.kind], queue)
     return fill(pieces, slots, {"b": body, "i": job.id, "k": kwargs_json, "t": f"{job.id}.1"})
 
+
+# json.dumps of a str, without dumps' per-call option handling (this runs per job at enqueue).
+_json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 # Stand-ins in the cached templates, one per slot letter (see fill).
 _ID_MARK = "00000000-0000-4000-8000-0000000000ff"
@@ -140,23 +143,38 @@ TEMPLATE_KINDS = (EVENT, UPSERT)
 
 
 @cache
-def message_templates_json(queue: str) -> Mapping[str, str]:
-    """The message template of each job kind on ``queue``, as the scripts take it (``{"m": pieces, "ms":
-    slots}``). The same text in every process (it names no host), so the copy stored in Redis for later
-    publishes is written once, not by each process in turn."""
-    return {kind: _template_json(TASK_FOR_KIND[kind], queue, "m", _message_template) for kind in TEMPLATE_KINDS}
+def message_templates(queue: str) -> Mapping[str, str]:
+    """The message template of each job kind on ``queue``, as the scripts take it (:func:`template_text`). The
+    same text in every process (it names no host), so the copy stored in Redis for later publishes is written
+    once, not by each process in turn."""
+    return {kind: template_text(*_message_template(TASK_FOR_KIND[kind], queue)) for kind in TEMPLATE_KINDS}
 
 
 @cache
-def event_templates_json(queue: str) -> Mapping[str, str]:
-    """The task-sent event template of each job kind (``{"e": pieces, "es": slots}``): only ever filled at
-    enqueue, never stored."""
-    return {kind: _template_json(TASK_FOR_KIND[kind], queue, "e", _event_template) for kind in TEMPLATE_KINDS}
+def event_templates(queue: str) -> Mapping[str, str]:
+    """The task-sent event template of each job kind, as the scripts take it, its pieces escaped for the JSON
+    string the events travel in (see :func:`sent_events_envelope`): the script joins filled events into that
+    string as they are, encoding nothing. Only ever filled at enqueue, never stored."""
+    templates = {}
+    for kind in TEMPLATE_KINDS:
+        pieces, slots = _event_template(TASK_FOR_KIND[kind], queue)
+        templates[kind] = template_text([_in_json_string(piece) for piece in pieces], slots)
+    return templates
 
 
-def _template_json(task: str, queue: str, name: str, template: Callable[[str, str], tuple[list[str], str]]) -> str:
-    pieces, slots = template(task, queue)
-    return json.dumps({name: pieces, f"{name}s": slots})
+def template_text(pieces: list[str], slots: str) -> str:
+    """A template as one string the Lua scripts split without a JSON decoder (``compile_template`` in
+    lua/lib.lua): the slot letters, then each piece, NUL-separated. JSON text never holds a raw NUL (JSON
+    escapes control characters), so the separator cannot occur in a piece."""
+    if any("\0" in piece for piece in pieces):
+        raise ValueError("a template piece contains NUL, which separates the pieces")
+    return "\0".join([slots, *pieces])
+
+
+def _in_json_string(text: str) -> str:
+    """``text`` as it appears inside a JSON string literal (``json.dumps(text)`` without its quotes). Escaping is
+    character by character, so escaped pieces and escaped values concatenate to the escaped whole."""
+    return _json_string(text)[1:-1]
 
 
 def lua_timestamp(now_ms: int) -> str:
@@ -172,7 +190,7 @@ def events_channel(redis_db: int) -> str:
 def sent_event(job: Job, queue: str, kwargs_repr: str, *, timestamp_ms: int) -> str:
     """A Celery ``task-sent`` event (the event's JSON object), so Flower shows a job from the moment it is
     enqueued, as ``apply_async`` with ``task_send_sent_event`` would. The enqueue script fills the same
-    template (see :func:`event_templates_json`) and publishes the events of the jobs it stored together (see
+    template (see :func:`event_templates`) and publishes the events of the jobs it stored together (see
     :func:`sent_events_envelope`)."""
     pieces, slots = _event_template(TASK_FOR_KIND[job.kind], queue)
     return fill(pieces, slots, {"i": job.id, "k": json.dumps(kwargs_repr), "s": lua_timestamp(timestamp_ms)})
@@ -180,9 +198,18 @@ def sent_event(job: Job, queue: str, kwargs_repr: str, *, timestamp_ms: int) -> 
 
 @cache
 def sent_events_envelope() -> tuple[str, str]:
-    """The kombu envelope the enqueue script wraps a list of task-sent events in: ``head + body + tail``,
-    the body being the list as a JSON string (see :func:`refold_dispatch.events.multi_envelope`)."""
-    return multi_envelope_parts(_origin())
+    """The kombu envelope the enqueue script wraps a list of task-sent events in: ``head + events + tail``,
+    the events joined by commas; the envelope's body is the JSON list as a JSON string (see
+    :func:`refold_dispatch.events.multi_envelope`), so head and tail carry the string's quotes and the list's
+    brackets, and the events arrive escaped (:func:`event_templates`)."""
+    head, tail = multi_envelope_parts(_origin())
+    return head + '"[', ']"' + tail
+
+
+def sent_events_reference(events: list[str]) -> str:
+    """The envelope of ``events`` (each an event's JSON) built by the reference builders: what the script's
+    ``head + events + tail`` must equal byte for byte."""
+    return multi_envelope(_origin(), "[" + ",".join(events) + "]")
 
 
 def sent_event_reference(job: Job, queue: str, kwargs_repr: str, *, timestamp: float) -> str:

@@ -26,7 +26,7 @@ import structlog
 
 from refold_dispatch.config import Settings
 from refold_dispatch.keys import Keys
-from refold_dispatch.message import TEMPLATE_KINDS, message_templates_json, task_message
+from refold_dispatch.message import TEMPLATE_KINDS, message_templates, task_message
 from refold_dispatch.scripts import Scripts
 
 CANARY_TASK = "refold.canary"
@@ -78,7 +78,7 @@ class Mover:
     def promote_due(self) -> int:
         """Publish the jobs that are due now; returns how many."""
         # The shared message templates go along, so a wiped template key comes back within one tick.
-        templates = message_templates_json(self.settings.queue)
+        templates = message_templates(self.settings.queue)
         return int(self.scripts.run("promote", [PROMOTE_BATCH, *(templates[kind] for kind in TEMPLATE_KINDS)]))
 
     def start(self) -> None:

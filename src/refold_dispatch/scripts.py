@@ -9,6 +9,7 @@ restart empties the script cache, so callers never see ``NOSCRIPT``.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -17,7 +18,6 @@ from typing import Any
 
 import redis
 import redis.asyncio
-from redis.exceptions import NoScriptError
 
 from refold_dispatch.config import Settings
 
@@ -36,6 +36,10 @@ SCRIPT_NAMES = (
 
 ScriptArg = str | int | float
 
+# Script calls of a stream (run_many) sent ahead of the replies read: enough to keep Redis busy while the next
+# call is built, few enough that a long stream holds little in memory and resends little after a dropped connection.
+STREAM_WINDOW = 8
+
 
 # Scripts that also need the flow-control functions (lua/flow.lua). Redis runs a script's whole text on every
 # call, defining each local function anew, so the hot enqueue script carries only what it uses.
@@ -44,11 +48,17 @@ _FLOW_SCRIPTS = frozenset({"begin", "finish", "acquire", "report"})
 
 @cache
 def script_source(name: str) -> str:
-    """The full text of one script: the shared library (and flow control where used), then its body."""
+    """The full text of one script: the shared library (with the lifecycle helpers and flow control where
+    used), then its body."""
     if name not in SCRIPT_NAMES:
         raise KeyError(f"no script named {name!r}; known: {', '.join(SCRIPT_NAMES)}")
     folder = resources.files("refold_dispatch") / "lua"
-    parts = ["lib.lua", "flow.lua", f"{name}.lua"] if name in _FLOW_SCRIPTS else ["lib.lua", f"{name}.lua"]
+    parts = ["lib.lua"]
+    if name != "enqueue":  # the web request's script: it never moves a queued job on
+        parts.append("lifecycle.lua")
+    if name in _FLOW_SCRIPTS:
+        parts.append("flow.lua")
+    parts.append(f"{name}.lua")
     return "\n".join((folder / part).read_text() for part in parts)
 
 
@@ -105,41 +115,45 @@ class Scripts:
         return self._scripts[name](keys=[], args=[*self.context.common_args(now_ms), *args], client=pipeline)
 
     def run_many(self, name: str, calls: Iterable[Sequence[ScriptArg]]) -> list[Any]:
-        """Run one script once per argument list, all in one round trip; the replies in order.
+        """Run one script once per argument list, streamed on one connection; the replies in order.
 
-        Each call is written to the socket as soon as ``calls`` yields it, so building the next call's
-        arguments overlaps Redis running the one before (a pipeline would build them all first). An error
-        reply is returned in its place, as the exception, after every reply is read; NOSCRIPT (a restarted
-        Redis) loads the script and sends those calls again, as they did not run. A dropped connection retries
-        the whole stream per the client's retry policy: callers make every call safe to repeat.
+        Each call is written to the socket as soon as ``calls`` yields it, so building the next call (and, when
+        ``calls`` is lazy, whatever it is built from) overlaps Redis running the one before; at most
+        ``STREAM_WINDOW`` calls wait for their replies, so a long stream holds only that many calls' arguments.
+        Every call carries the script's text (EVAL, not EVALSHA): a Redis that has forgotten its scripts (a
+        restart, ``SCRIPT FLUSH``) still runs each call in the order sent, where NOSCRIPT would make some be
+        sent again after later ones had run. An error reply is returned in its place, as the exception. A
+        dropped connection sends the calls not yet answered again, per the client's retry policy: callers make
+        every call safe to repeat.
         """
         script = self._scripts[name]
         common = self.context.common_args()
-        sent: list[list[ScriptArg]] = []
+        replies: list[Any] = []
+        unanswered: deque[list[ScriptArg]] = deque()
         pending = iter(calls)
         pool = self.client.connection_pool
         connection: Any = pool.get_connection()  # redis-py's connection methods are untyped
 
+        def read_oldest() -> None:
+            replies.append(_reply(connection.read_response))
+            unanswered.popleft()  # only once answered: a call whose reply was lost is sent again
+
         def stream() -> list[Any]:
-            for args in sent:  # a retry: the calls already built go again
-                connection.send_command("EVALSHA", script.sha, 0, *args)
+            for args in unanswered:  # a retry: the calls not answered yet go again, in order
+                connection.send_command("EVAL", script.script, 0, *args)
             for call in pending:
                 args = [*common, *call]
-                sent.append(args)
-                connection.send_command("EVALSHA", script.sha, 0, *args)
-            replies = [_reply(connection.read_response) for _ in sent]
-            missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-            if missing:
-                script.sha = self.client.script_load(script.script)
-                for n in missing:
-                    connection.send_command("EVALSHA", script.sha, 0, *sent[n])
-                for n in missing:
-                    replies[n] = _reply(connection.read_response)
+                unanswered.append(args)
+                connection.send_command("EVAL", script.script, 0, *args)
+                if len(unanswered) > STREAM_WINDOW:
+                    read_oldest()
+            while unanswered:
+                read_oldest()
             return replies
 
         try:
-            replies: list[Any] = connection.retry.call_with_retry(stream, lambda _error: connection.disconnect())
-            return replies
+            result: list[Any] = connection.retry.call_with_retry(stream, lambda _error: connection.disconnect())
+            return result
         except BaseException:
             connection.disconnect()  # replies may be left unread: the connection is out of step
             raise
@@ -183,31 +197,32 @@ class AsyncScripts:
         """:meth:`Scripts.run_many` on asyncio."""
         script = self._scripts[name]
         common = self.context.common_args()
-        sent: list[list[ScriptArg]] = []
+        replies: list[Any] = []
+        unanswered: deque[list[ScriptArg]] = deque()
         pending: Iterator[Sequence[ScriptArg]] = iter(calls)
         pool = self.client.connection_pool
         connection: Any = await pool.get_connection()  # type: ignore[no-untyped-call]
 
+        async def read_oldest() -> None:
+            replies.append(await _async_reply(connection.read_response))
+            unanswered.popleft()
+
         async def stream() -> list[Any]:
-            for args in sent:
-                await connection.send_command("EVALSHA", script.sha, 0, *args)
+            for args in unanswered:
+                await connection.send_command("EVAL", script.script, 0, *args)
             for call in pending:
                 args = [*common, *call]
-                sent.append(args)
-                await connection.send_command("EVALSHA", script.sha, 0, *args)
-            replies = [await _async_reply(connection.read_response) for _ in sent]
-            missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-            if missing:
-                script.sha = await self.client.script_load(script.script)
-                for n in missing:
-                    await connection.send_command("EVALSHA", script.sha, 0, *sent[n])
-                for n in missing:
-                    replies[n] = await _async_reply(connection.read_response)
+                unanswered.append(args)
+                await connection.send_command("EVAL", script.script, 0, *args)
+                if len(unanswered) > STREAM_WINDOW:
+                    await read_oldest()
+            while unanswered:
+                await read_oldest()
             return replies
 
         try:
-            replies: list[Any] = await connection.retry.call_with_retry(stream, lambda _error: connection.disconnect())
-            return replies
+            result: list[Any] = await connection.retry.call_with_retry(stream, lambda _error: connection.disconnect())
+            return result
         except BaseException:
             await connection.disconnect()
             raise

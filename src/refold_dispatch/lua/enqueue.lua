@@ -1,8 +1,9 @@
 -- Claim idempotency keys and store + publish jobs, each atomically: one job per web request, or a batch
 -- from enqueue_many (one script call for many jobs, so a backfill pays the script's start-up once).
 -- ARGV[8] the channel for Celery's task-sent events ('' = send none)   [9] [10] the kombu envelope around them
+-- (head and tail of the message; the events go between them, comma-separated)
 -- ARGV[11] [12] the message templates of trigger-event and upsert jobs (message.py), '' = none in this call
--- ARGV[13] [14] their task-sent event templates ('' = none)
+-- ARGV[13] [14] their task-sent event templates, escaped for the envelope's JSON string ('' = none)
 -- From ARGV[15] on, eight arguments per job:
 --   +0 job id   +1 idempotency key   +2 fingerprint   +3 kind ('event'|'upsert')   +4 account   +5 job JSON
 --   +6 message body (base64)   +7 description (a JSON string literal: Flower's kwargsrepr)
@@ -23,14 +24,10 @@ local templates, event_templates = {}, {}
 for n, kind in ipairs({'event', 'upsert'}) do
   local text = ARGV[10 + n]
   if text ~= '' then
-    local decoded = cjson.decode(text)
-    templates[kind] = compile_template(decoded.m, decoded.ms)
+    templates[kind] = compile_template(text)
     if redis.call('GET', template_key(kind)) ~= text then redis.call('SET', template_key(kind), text) end
   end
-  if ARGV[12 + n] ~= '' then
-    local decoded = cjson.decode(ARGV[12 + n])
-    event_templates[kind] = compile_template(decoded.e, decoded.es)
-  end
+  if ARGV[12 + n] ~= '' then event_templates[kind] = compile_template(ARGV[12 + n]) end
 end
 -- Every event of this call carries the same timestamp: the script's clock does not move while it runs.
 local stamp = string.format('%.3f', NOW / 1000)
@@ -89,7 +86,10 @@ local function enqueue_one(b)
     refill(acct)
   end
   if EVENTS_TO ~= '' then
-    events[#events + 1] = fill(event_templates[kind], {nil, id, described, nil, stamp})
+    -- The description inside the events' JSON string: it is a JSON string literal itself, ASCII, its control
+    -- characters escaped already, so only quotes and backslashes need escaping again.
+    local escaped = string.gsub(described, '[\\"]', '\\%0')
+    events[#events + 1] = fill(event_templates[kind], {nil, id, escaped, nil, stamp})
   end
   return 0, id
 end
@@ -104,6 +104,6 @@ end
 if #messages > 0 then redis.call('LPUSH', QUEUE, unpack(messages)) end
 if #queued > 0 then redis.call('ZADD', QUEUED, unpack(queued)) end
 if EVENTS_TO ~= '' and #events > 0 then
-  redis.call('PUBLISH', EVENTS_TO, ARGV[9] .. cjson.encode('[' .. table.concat(events, ',') .. ']') .. ARGV[10])
+  redis.call('PUBLISH', EVENTS_TO, ARGV[9] .. table.concat(events, ',') .. ARGV[10])
 end
 return results

@@ -71,40 +71,44 @@ local function delivery_tag(id, n)
   return id .. '.' .. n .. '.' .. NOW
 end
 
--- Templates (message.py): pieces of text around slots, filled with a job's values. Slot letters name the values:
--- b (message body), i (job id), k (description), t (delivery tag), s (event timestamp); a template is compiled
--- once per script call so that filling it is one pass over arrays.
+-- Templates (message.py's template_text): the slot letters, then the pieces of text around the slots, all
+-- NUL-separated. Slot letters name the values: b (message body), i (job id), k (description), t (delivery tag),
+-- s (event timestamp). A template is compiled once per script call into the array fill() writes values into and
+-- concatenates: the pieces sit at the odd positions already, so filling one allocates nothing but the result.
 local SLOT_INDEX = {b = 1, i = 2, k = 3, t = 4, s = 5}
-local function compile_template(pieces, slots)
-  local index = {}
-  for n = 1, #slots do index[n] = SLOT_INDEX[string.sub(slots, n, n)] end
-  return {pieces = pieces, index = index}
+local function compile_template(text)
+  local stop = string.find(text, '\0', 1, true)
+  local slots = string.sub(text, 1, stop - 1)
+  local index, out = {}, {}
+  for n = 1, #slots + 1 do
+    local start = stop + 1
+    stop = string.find(text, '\0', start, true) or (#text + 1)
+    out[2 * n - 1] = string.sub(text, start, stop - 1)
+    if n <= #slots then
+      index[n] = SLOT_INDEX[string.sub(slots, n, n)]
+      out[2 * n] = ''
+    end
+  end
+  return {index = index, out = out, last = 2 * #slots + 1}
 end
 
 -- pieces[1] .. values[slot 1] .. pieces[2] .. ... (message.py's fill is the reference).
 local function fill(template, values)
-  local pieces, index = template.pieces, template.index
-  local out = {pieces[1]}
-  for k = 1, #index do
-    out[2 * k] = values[index[k]]
-    out[2 * k + 1] = pieces[k + 1]
-  end
-  return table.concat(out)
+  local index, out = template.index, template.out
+  for k = 1, #index do out[2 * k] = values[index[k]] end
+  return table.concat(out, '', 1, template.last)
 end
 
 -- The message templates of this queue, one per job kind, shared by every job (see message.py): decoded once
 -- per script call.
-local function template_key(kind) return P .. ':tpl:v1:' .. QUEUE .. ':' .. kind end
+local function template_key(kind) return P .. ':tpl:v2:' .. QUEUE .. ':' .. kind end
 local TEMPLATES = {}
 local function template(kind)
   local found = TEMPLATES[kind]
   if found == nil then
     local text = redis.call('GET', template_key(kind))
     found = false
-    if text then
-      local decoded = cjson.decode(text)
-      found = compile_template(decoded.m, decoded.ms)
-    end
+    if text then found = compile_template(text) end
     TEMPLATES[kind] = found
   end
   return found
@@ -173,100 +177,3 @@ local function admit(id, returning)
   refill(acct)
   return true
 end
-
--- The job no longer holds a queue slot: the next job of its account's backlog moves up.
-local function leave(id, acct)
-  if redis.call('ZREM', active_key(acct), id) == 1 or redis.call('EXISTS', backlog_key(acct)) == 1 then
-    refill(acct)
-  end
-end
-
-local function release_lease(id, token)
-  if token ~= nil and token ~= '' and redis.call('GET', lease_key(id)) == token then
-    redis.call('DEL', lease_key(id))
-  end
-end
-
-local function release_lock(id, acct)
-  if redis.call('GET', lock_key(acct)) == id then
-    redis.call('DEL', lock_key(acct))
-  end
-end
-
-local function json_or_null(text)
-  if text == nil or text == false or text == '' then return 'null' end
-  return text
-end
-
-local function trim_dead_letters()
-  local old = redis.call('ZRANGEBYSCORE', DLQ_INDEX, '-inf', NOW - DLQ_RETENTION_MS, 'LIMIT', 0, 200)
-  for _, dead_id in ipairs(old) do
-    redis.call('ZREM', DLQ_INDEX, dead_id)
-    redis.call('HDEL', DLQ_ENTRIES, dead_id)
-  end
-  local excess = redis.call('ZCARD', DLQ_INDEX) - DLQ_MAX
-  if excess > 0 then
-    local oldest = redis.call('ZRANGE', DLQ_INDEX, 0, excess - 1)
-    for _, dead_id in ipairs(oldest) do
-      redis.call('ZREM', DLQ_INDEX, dead_id)
-      redis.call('HDEL', DLQ_ENTRIES, dead_id)
-    end
-  end
-end
-
-local function store_dead_letter(id, entry)
-  redis.call('HSET', DLQ_ENTRIES, id, entry)
-  redis.call('ZADD', DLQ_INDEX, NOW, id)
-  trim_dead_letters()
-end
-
--- Move a job to the dead-letter queue with its evidence; an upsert takes the events waiting on it along.
--- The entry is assembled as text so the job's own JSON (the payload) is kept byte for byte.
-local dead_letter
-dead_letter = function(id, reason, error_json, detail)
-  local j = job_key(id)
-  local f = redis.call('HMGET', j, 'data', 'kind', 'acct', 'key', 'attempts', 'created', 'seq', 'state')
-  if not f[1] or FINAL[f[8]] then return false end
-  local hist = redis.call('LRANGE', hist_key(id), 0, -1)
-  local entry = '{"id":' .. cjson.encode(id)
-    .. ',"reason":' .. cjson.encode(reason)
-    .. ',"detail":' .. cjson.encode(detail or '')
-    .. ',"kind":' .. cjson.encode(f[2])
-    .. ',"linked_account_id":' .. cjson.encode(f[3])
-    .. ',"idempotency_key":' .. cjson.encode(f[4])
-    .. ',"attempts":' .. (tonumber(f[5]) or 0)
-    .. ',"created_at_ms":' .. (tonumber(f[6]) or 0)
-    .. ',"dead_at_ms":' .. NOW
-    .. ',"last_error":' .. json_or_null(error_json)
-    .. ',"history":[' .. table.concat(hist, ',') .. ']'
-    .. ',"job":' .. f[1] .. '}'
-  store_dead_letter(id, entry)
-  redis.call('HSET', j, 'state', 'dead', 'dead_reason', reason, 'dead_at', NOW)
-  redis.call('HDEL', j, 'b64', 'kw')  -- a replay takes the job's values anew from the dead letter
-  if error_json ~= nil and error_json ~= '' then redis.call('HSET', j, 'last_error', error_json) end
-  touch(id)
-  redis.call('ZREM', DELAYED, id)
-  redis.call('ZREM', waiting_key(f[3]), id)
-  leave(id, f[3])
-  if f[2] == 'upsert' then
-    release_lock(id, f[3])
-    local seq = tonumber(f[7]) or 0
-    local waiters = redis.call('ZRANGEBYSCORE', waiting_key(f[3]), seq, seq)
-    for _, waiter in ipairs(waiters) do
-      dead_letter(waiter, 'dependency', error_json, 'upsert ' .. id .. ' of its account was dead-lettered')
-    end
-  end
-  return true
-end
-
--- Events parked behind an upsert up to sequence `seq` may go now.
-local function release_waiters(acct, seq)
-  local wk = waiting_key(acct)
-  local ready = redis.call('ZRANGEBYSCORE', wk, '-inf', seq)
-  for _, waiter in ipairs(ready) do
-    redis.call('ZREM', wk, waiter)
-    redis.call('ZREM', DELAYED, waiter)
-    admit(waiter)
-  end
-end
-
