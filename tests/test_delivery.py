@@ -273,7 +273,7 @@ def test_two_upserts_of_one_account_never_run_at_once(h: Harness) -> None:
     assert outcome.kind == "deferred"
     assert h.refold.seen == []
     assert h.state(second.job_id) == "delayed"
-    assert h.field(second.job_id, "attempts") == "0"  # waiting spends no attempt
+    assert (h.field(second.job_id, "attempts") or "0") == "0"  # waiting spends no attempt (absent reads as 0)
 
 
 def test_event_waits_for_its_accounts_upsert_then_goes(h: Harness) -> None:
@@ -343,7 +343,7 @@ def test_rate_limit_hold_defers_without_spending_an_attempt(fake_redis: fakeredi
     outcome = h.deliverer.deliver(second.job_id)
 
     assert outcome.kind == "deferred" and outcome.reason == "rate limit"
-    assert h.field(second.job_id, "attempts") == "0"
+    assert (h.field(second.job_id, "attempts") or "0") == "0"
     assert len(h.refold.seen) == 1
 
 
@@ -371,7 +371,7 @@ def test_open_breaker_holds_jobs_without_spending_attempts(fake_redis: fakeredis
     outcome = h.deliverer.deliver(second.job_id)
 
     assert outcome.reason == "circuit open"
-    assert h.field(second.job_id, "attempts") == "0"
+    assert (h.field(second.job_id, "attempts") or "0") == "0"
     assert h.deliverer.flow.snapshot()["state"] == "open"
 
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -72,9 +73,10 @@ class Job(BaseModel):
     idempotency_key: str
     created_at: float
     params: JobParams
-    # Both derive from the payload's canonical JSON, made once while validating (the enqueue hot path).
+    # All three derive from the payload's canonical JSON, made once while validating (the enqueue hot path).
     _payload_bytes: int | None = PrivateAttr(default=None)
     _fingerprint: str | None = PrivateAttr(default=None)
+    _payload_json: str | None = PrivateAttr(default=None)
 
     def __eq__(self, other: object) -> bool:
         # Equal jobs have equal fields; the private size cache is not part of a job's identity.
@@ -99,7 +101,20 @@ class Job(BaseModel):
         return self.params.linked_account_id
 
     def to_json(self) -> str:
-        return self.model_dump_json()
+        """The job as stored in Redis. A trigger-event job built here has its payload's canonical JSON at hand
+        (made while validating): the record is assembled around it rather than serialised again, the same JSON
+        value as ``model_dump_json`` (a test pins the two), on the enqueue hot path."""
+        params = self.params
+        payload_json: str | None = self._private().get("_payload_json")
+        if payload_json is None or not isinstance(params, TriggerEventParams):
+            return self.model_dump_json()
+        return (
+            f'{{"id":{_json_text(self.id)},"idempotency_key":{_json_text(self.idempotency_key)},'
+            f'"created_at":{self.created_at!r},"params":{{"kind":"event","event":{_json_text(params.event)},'
+            f'"linked_account_id":{_json_text(params.linked_account_id)},"payload":{payload_json},'
+            f'"config_id":{_json_or_null(params.config_id)},"slug":{_json_or_null(params.slug)},'
+            f'"instance_tag":{_json_or_null(params.instance_tag)}}}}}'
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Job:
@@ -162,6 +177,14 @@ def _assemble(model: type[_Model], values: dict[str, Any], private: dict[str, An
 # the enqueue path. ``encode`` keeps no state between calls, so one instance serves every thread.
 _CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 _COMPACT_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+# A str as a JSON string literal, non-ASCII kept (as pydantic writes it): json's C encoder, no per-call options.
+_json_text: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def _json_or_null(value: str | None) -> str:
+    return "null" if value is None else _json_text(value)
 
 
 def canonical_json(value: object) -> str:
@@ -261,7 +284,11 @@ def trigger_event_job(
             "instance_tag": _optional_header("instance_tag", instance_tag),
         },
     )
-    cache = {"_payload_bytes": len(payload_json.encode()), "_fingerprint": _event_fingerprint(params, payload_json)}
+    cache = {
+        "_payload_bytes": len(payload_json.encode()),
+        "_fingerprint": _event_fingerprint(params, payload_json),
+        "_payload_json": payload_json,
+    }
     return _new_job(params, idempotency_key, cache)
 
 

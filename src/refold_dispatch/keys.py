@@ -9,7 +9,8 @@ key                                    type     what, and what bounds it
 ``{p}:idem:{idempotency_key}``         string   the idempotency claim: job id. TTL = idempotency window (72 h)
 ``{p}:job:{job_id}``                   hash     the job record: data, state, attempts, delivery evidence,
                                                 its values in the Celery message (b64, kw). TTL = idempotency
-                                                window, refreshed on every change
+                                                window, refreshed on every change. Counters (attempts,
+                                                credit) start absent, read as 0
 ``{p}:tpl:v2:{queue}:{kind}``          string   the Celery message template of a job kind (message.py's
                                                 template_text), shared by every job; bounded: two per queue,
                                                 no TTL (v1, a JSON form before 0.1.0, is unused)

@@ -32,17 +32,25 @@ end
 -- Every event of this call carries the same timestamp: the script's clock does not move while it runs.
 local stamp = string.format('%.3f', NOW / 1000)
 
-local function enqueue_one(b)
-  local id, key, fp, kind, acct = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
-  local body, described = ARGV[b + 6], ARGV[b + 7]
-  local ik = idem_key(key)
-  local existing = redis.call('GET', ik)
+-- Every idempotency key of this call, read with one command; a key claimed earlier in this same call (a batch
+-- may repeat one) is found in `claimed` instead.
+local idem_keys = {}
+for b = 15, #ARGV, ARGS_PER_JOB do idem_keys[#idem_keys + 1] = idem_key(ARGV[b + 1]) end
+local stored_ids = #idem_keys > 0 and redis.call('MGET', unpack(idem_keys)) or {}
+local claimed = {}
+
+local function enqueue_one(b, n)
+  local id, fp, kind, acct = ARGV[b], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+  local key, body, described = ARGV[b + 1], ARGV[b + 6], ARGV[b + 7]
+  local ik = idem_keys[n]
+  local existing = claimed[ik] or stored_ids[n]
   if existing then
     local existing_fp = redis.call('HGET', job_key(existing), 'fp')
     if not existing_fp or existing_fp == fp then return 1, existing end
     return 2, existing
   end
   redis.call('SET', ik, id, 'EX', TTL)
+  claimed[ik] = id
 
   local ak = acct_key(acct)
   local order = {}
@@ -69,8 +77,8 @@ local function enqueue_one(b)
   local j = job_key(id)
   local tag = delivery_tag(id, 1)
   redis.call('HSET', j, 'data', ARGV[b + 5], 'fp', fp, 'kind', kind, 'acct', acct, 'key', key, 'b64', body,
-    'kw', described, 'created', NOW, 'attempts', 0, 'credit', 0, 'state', direct and 'queued' or 'backlog',
-    'pubs', direct and 1 or 0, 'queued_at', NOW, 'tag', tag, unpack(order))
+    'kw', described, 'created', NOW, 'state', direct and 'queued' or 'backlog', 'pubs', direct and 1 or 0,
+    'tag', tag, unpack(order))
   redis.call('EXPIRE', j, TTL)
   local tpl = templates[kind]
   if direct then
@@ -94,9 +102,10 @@ local function enqueue_one(b)
   return 0, id
 end
 
-local results = {}
+local results, n = {}, 0
 for b = 15, #ARGV, ARGS_PER_JOB do
-  local status, id = enqueue_one(b)
+  n = n + 1
+  local status, id = enqueue_one(b, n)
   results[#results + 1] = status
   results[#results + 1] = id
 end

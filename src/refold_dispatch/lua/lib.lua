@@ -132,7 +132,7 @@ local function publish(id)
   redis.call('LPUSH', QUEUE, fill(tpl, {f[1], id, f[2], tag}))
   redis.call('ZADD', active_key(f[3]), NOW, id)
   redis.call('EXPIRE', active_key(f[3]), TTL)
-  redis.call('HSET', j, 'state', 'queued', 'queued_at', NOW, 'tag', tag)
+  redis.call('HSET', j, 'state', 'queued', 'tag', tag)
   redis.call('ZADD', QUEUED, NOW, id)
   return true
 end
