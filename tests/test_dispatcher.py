@@ -451,3 +451,71 @@ def test_enqueue_many_sends_unanswered_calls_again_after_the_connection_drops(re
     assert [r.job_id for r in receipts] == [job.id for job in batch]
     assert real_redis.llen("refold") == count
     assert len(set(real_redis.lrange("refold", 0, -1))) == count
+
+
+def test_a_pause_in_the_stream_longer_than_the_health_check_interval_keeps_replies_in_step(
+    real_redis: redis.Redis,
+) -> None:
+    """redis-py's health check would PING before a send and read a script's reply as the PONG."""
+    settings = make_settings(redis_url=_real_url(real_redis))
+    client = redis.Redis.from_url(settings.redis_url, health_check_interval=1)
+    count = 4 * ENQUEUE_BATCH
+    with Dispatcher(settings, redis_client=client) as dispatcher:
+        batch = [dispatcher.event_job("e", f"a{n}") for n in range(count)]
+
+        def rows() -> Iterator[jobs.Job]:
+            for n, job in enumerate(batch):
+                if n == 2 * ENQUEUE_BATCH + 1:  # two calls sent, none answered: a slow page of rows
+                    time.sleep(1.2)  # the condition is time itself: past the client's health-check interval
+                yield job
+
+        receipts = dispatcher.enqueue_many(rows())
+    client.close()
+    assert [r.job_id for r in receipts] == [job.id for job in batch]
+    assert not any(r.duplicate for r in receipts)
+    assert real_redis.llen("refold") == count
+
+
+def test_run_many_answers_every_sent_call_then_raises_what_the_calls_raised(real_redis: redis.Redis) -> None:
+    """Even an error type redis-py retries (socket timeouts) is the caller's, not a dropped connection: it must
+    not be swallowed by a retry that finds the calls exhausted and returns the replies cut short."""
+    scripts = Scripts(redis.Redis.from_url(_real_url(real_redis)), ScriptContext.from_settings(make_settings()))
+    connection_id = scripts.client.client_id()
+
+    def calls() -> Iterator[list[str | int | float]]:
+        yield [10]
+        yield [10]
+        raise TimeoutError("the row source timed out")
+
+    with pytest.raises(TimeoutError, match="row source"):
+        scripts.run_many("promote", calls())
+    # Both sent calls were answered, so the connection went back to the pool in step, not dropped.
+    assert scripts.client.client_id() == connection_id
+    assert scripts.run_many("promote", [[10], [10]]) == [0, 0]
+
+
+def test_enqueue_many_of_nothing_does_not_touch_redis() -> None:
+    dispatcher = Dispatcher(make_settings(redis_url="redis://127.0.0.1:1/0"))  # nothing listens there
+    assert dispatcher.enqueue_many([]) == []
+
+
+async def test_async_stream_pause_past_the_health_check_interval_keeps_replies_in_step(
+    real_redis: redis.Redis,
+) -> None:
+    settings = make_settings(redis_url=_real_url(real_redis))
+    client = redis.asyncio.Redis.from_url(settings.redis_url, health_check_interval=1)
+    count = 3 * ENQUEUE_BATCH
+    async with AsyncDispatcher(settings, redis_client=client) as dispatcher:
+        batch = [dispatcher.event_job("e", f"a{n}") for n in range(count)]
+
+        def rows() -> Iterator[jobs.Job]:
+            for n, job in enumerate(batch):
+                if n == ENQUEUE_BATCH + 1:
+                    time.sleep(1.2)  # past the health-check interval, with a call sent and not answered
+                yield job
+
+        receipts = await dispatcher.enqueue_many(rows())
+    await client.aclose()
+    assert [r.job_id for r in receipts] == [job.id for job in batch]
+    assert not any(r.duplicate for r in receipts)
+    assert real_redis.llen("refold") == count

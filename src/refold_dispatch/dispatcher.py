@@ -309,6 +309,8 @@ class Dispatcher(_JobBuilding):
         :class:`PartialEnqueueError`, whose receipts are the jobs before that row, all stored. A list is
         checked whole first: an item that is not a job raises ``TypeError`` before Redis is touched.
         """
+        if isinstance(jobs, Sequence) and not jobs:
+            return []  # nothing to store: Redis is not touched
         stream = _EnqueueStream(_whole_checked(jobs), self.settings, self._events_to)
         try:
             return stream.receipts(self.scripts.run_many("enqueue", stream.calls()))
@@ -387,6 +389,8 @@ class AsyncDispatcher(_JobBuilding):
 
     async def enqueue_many(self, jobs: Iterable[Job]) -> list[Receipt]:
         """:meth:`Dispatcher.enqueue_many` on asyncio."""
+        if isinstance(jobs, Sequence) and not jobs:
+            return []  # nothing to store: Redis is not touched
         stream = _EnqueueStream(_whole_checked(jobs), self.settings, self._events_to)
         try:
             return stream.receipts(await self.scripts.run_many("enqueue", stream.calls()))

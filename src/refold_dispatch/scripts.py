@@ -122,17 +122,23 @@ class Scripts:
         ``STREAM_WINDOW`` calls wait for their replies, so a long stream holds only that many calls' arguments.
         Every call carries the script's text (EVAL, not EVALSHA): a Redis that has forgotten its scripts (a
         restart, ``SCRIPT FLUSH``) still runs each call in the order sent, where NOSCRIPT would make some be
-        sent again after later ones had run. An error reply is returned in its place, as the exception. A
-        dropped connection sends the calls not yet answered again, per the client's retry policy: callers make
-        every call safe to repeat.
+        sent again after later ones had run. An error reply is returned in its place, as the exception. If
+        ``calls`` raises, the calls sent before are answered (the connection stays in step), then it is raised.
+        A dropped connection sends the calls not yet answered again, per the client's retry policy: callers
+        make every call safe to repeat.
         """
         script = self._scripts[name]
         common = self.context.common_args()
         replies: list[Any] = []
         unanswered: deque[list[ScriptArg]] = deque()
         pending = iter(calls)
+        failed: list[Exception] = []  # what ``calls`` itself raised: not retried, raised once all is read
         pool = self.client.connection_pool
         connection: Any = pool.get_connection()  # redis-py's connection methods are untyped
+
+        def send(args: list[ScriptArg]) -> None:
+            # No health check per send: redis-py's would PING and read one reply, which here is a script's.
+            connection.send_command("EVAL", script.script, 0, *args, check_health=False)
 
         def read_oldest() -> None:
             replies.append(_reply(connection.read_response))
@@ -140,12 +146,12 @@ class Scripts:
 
         def stream() -> list[Any]:
             for args in unanswered:  # a retry: the calls not answered yet go again, in order
-                connection.send_command("EVAL", script.script, 0, *args)
-            for call in pending:
+                send(args)
+            while not failed and (call := _next_call(pending, failed)) is not None:
                 args = [*common, *call]
                 unanswered.append(args)
-                connection.send_command("EVAL", script.script, 0, *args)
-                if len(unanswered) > STREAM_WINDOW:
+                send(args)
+                if len(unanswered) >= STREAM_WINDOW:
                     read_oldest()
             while unanswered:
                 read_oldest()
@@ -153,12 +159,26 @@ class Scripts:
 
         try:
             result: list[Any] = connection.retry.call_with_retry(stream, lambda _error: connection.disconnect())
-            return result
         except BaseException:
             connection.disconnect()  # replies may be left unread: the connection is out of step
             raise
         finally:
             pool.release(connection)
+        if failed:
+            raise failed[0]
+        return result
+
+
+def _next_call(pending: Iterator[Sequence[ScriptArg]], failed: list[Exception]) -> Sequence[ScriptArg] | None:
+    """The next call's arguments, or None at the end or when building them raised (kept in ``failed``): an
+    error of the caller's iterator must neither be retried as a dropped connection nor leave replies unread."""
+    try:
+        return next(pending)
+    except StopIteration:
+        return None
+    except Exception as exc:
+        failed.append(exc)
+        return None
 
 
 def _reply(read: Any) -> Any:
@@ -200,8 +220,12 @@ class AsyncScripts:
         replies: list[Any] = []
         unanswered: deque[list[ScriptArg]] = deque()
         pending: Iterator[Sequence[ScriptArg]] = iter(calls)
+        failed: list[Exception] = []
         pool = self.client.connection_pool
         connection: Any = await pool.get_connection()  # type: ignore[no-untyped-call]
+
+        async def send(args: list[ScriptArg]) -> None:
+            await connection.send_command("EVAL", script.script, 0, *args, check_health=False)
 
         async def read_oldest() -> None:
             replies.append(await _async_reply(connection.read_response))
@@ -209,12 +233,12 @@ class AsyncScripts:
 
         async def stream() -> list[Any]:
             for args in unanswered:
-                await connection.send_command("EVAL", script.script, 0, *args)
-            for call in pending:
+                await send(args)
+            while not failed and (call := _next_call(pending, failed)) is not None:
                 args = [*common, *call]
                 unanswered.append(args)
-                await connection.send_command("EVAL", script.script, 0, *args)
-                if len(unanswered) > STREAM_WINDOW:
+                await send(args)
+                if len(unanswered) >= STREAM_WINDOW:
                     await read_oldest()
             while unanswered:
                 await read_oldest()
@@ -222,9 +246,11 @@ class AsyncScripts:
 
         try:
             result: list[Any] = await connection.retry.call_with_retry(stream, lambda _error: connection.disconnect())
-            return result
         except BaseException:
             await connection.disconnect()
             raise
         finally:
             await pool.release(connection)
+        if failed:
+            raise failed[0]
+        return result
