@@ -199,14 +199,18 @@ async def test_async_dispatcher_shares_the_same_guarantees(redis_server: object)
     await fake.aclose()
 
 
-def test_redis_errors_other_than_connection_are_enqueue_errors(fake_redis: fakeredis.FakeRedis) -> None:
-    class Broken(fakeredis.FakeRedis):
-        def evalsha(self, *args: object, **kwargs: object) -> object:
-            raise redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'")
-
-    dispatcher = Dispatcher(make_settings(), redis_client=Broken())
-    with pytest.raises(EnqueueError, match=r"OOM.*enqueue it again with the same idempotency key"):
-        dispatcher.trigger_event("e", "acme")
+def test_redis_errors_other_than_connection_are_enqueue_errors(real_redis: redis.Redis) -> None:
+    with Dispatcher(make_settings(redis_url=_real_url(real_redis))) as dispatcher:
+        dispatcher.trigger_event("e", "warm")  # the script is loaded and the connection pooled
+        real_redis.config_set("maxmemory", 1)  # noeviction: every write is refused with OOM
+        try:
+            with pytest.raises(EnqueueError, match=r"OutOfMemoryError.*enqueue it again with the same idempotency key"):
+                dispatcher.trigger_event("e", "acme")
+        finally:
+            real_redis.config_set("maxmemory", 0)
+        # The error reply was read: the pooled connection is still in step for the next enqueue.
+        receipt = dispatcher.trigger_event("e", "acme")
+    assert real_redis.llen("refold") == 2 and not receipt.duplicate
 
 
 def test_enqueue_announces_the_job_to_flower_once(real_redis: redis.Redis, redis_server: object) -> None:
@@ -519,3 +523,19 @@ async def test_async_stream_pause_past_the_health_check_interval_keeps_replies_i
     assert [r.job_id for r in receipts] == [job.id for job in batch]
     assert not any(r.duplicate for r in receipts)
     assert real_redis.llen("refold") == count
+
+
+def test_a_single_enqueue_loads_the_script_again_after_redis_forgets_it(real_redis: redis.Redis) -> None:
+    with Dispatcher(make_settings(redis_url=_real_url(real_redis))) as dispatcher:
+        dispatcher.trigger_event("e", "first")
+        real_redis.script_flush()  # what a Redis restart does to the script cache
+        receipt = dispatcher.trigger_event("e", "second")
+    assert not receipt.duplicate and real_redis.llen("refold") == 2
+
+
+async def test_async_single_enqueue_loads_the_script_again_after_redis_forgets_it(real_redis: redis.Redis) -> None:
+    async with AsyncDispatcher(make_settings(redis_url=_real_url(real_redis))) as dispatcher:
+        await dispatcher.trigger_event("e", "first")
+        real_redis.script_flush()
+        receipt = await dispatcher.trigger_event("e", "second")
+    assert not receipt.duplicate and real_redis.llen("refold") == 2
