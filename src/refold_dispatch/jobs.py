@@ -201,8 +201,8 @@ def _event_fingerprint(params: TriggerEventParams, payload_json: str) -> str:
     return _digest(_COMPACT_ENCODER.encode(head) + payload_json)
 
 
-def _checked_payload(payload: object, max_bytes: int | None) -> tuple[dict[str, Any], str]:
-    """The payload as a fresh plain-JSON dict, and its canonical JSON.
+def _checked_payload(payload: object, max_bytes: int | None) -> tuple[dict[str, Any], str, int]:
+    """The payload as a fresh plain-JSON dict, its canonical JSON, and that JSON's size in UTF-8 bytes.
 
     Fast path: one C-accelerated dump and load, kept only if the round trip changed nothing (no int keys turned
     into strings, no tuples into lists). Anything else takes the thorough walk of ``validate_payload``, which
@@ -212,7 +212,7 @@ def _checked_payload(payload: object, max_bytes: int | None) -> tuple[dict[str, 
     if isinstance(payload, dict):
         try:
             text = canonical_json(payload)
-            text.encode()  # a lone surrogate fails here, not at send time
+            size = len(text.encode())  # a lone surrogate fails here, not at send time
             fresh = json.loads(text) if "NaN" not in text and "Infinity" not in text else None
         except (TypeError, ValueError, RecursionError):
             fresh = None
@@ -221,10 +221,10 @@ def _checked_payload(payload: object, max_bytes: int | None) -> tuple[dict[str, 
     if fresh is None:
         fresh = validate_payload(payload)
         text = canonical_json(fresh)
-    size = len(text.encode())
+        size = len(text.encode())
     if max_bytes is not None and size > max_bytes:
         raise ValidationError(f"payload is {size} bytes as JSON; the limit is {max_bytes}")
-    return fresh, text
+    return fresh, text, size
 
 
 def new_job_id() -> str:
@@ -271,7 +271,7 @@ def trigger_event_job(
     max_payload_bytes: int | None = None,
 ) -> Job:
     """Validate and build a trigger-event job; raises :class:`ValidationError` on bad input."""
-    checked_payload, payload_json = _checked_payload(payload, max_payload_bytes)
+    checked_payload, payload_json, payload_bytes = _checked_payload(payload, max_payload_bytes)
     params = _assemble(
         TriggerEventParams,
         {
@@ -285,7 +285,7 @@ def trigger_event_job(
         },
     )
     cache = {
-        "_payload_bytes": len(payload_json.encode()),
+        "_payload_bytes": payload_bytes,
         "_fingerprint": _event_fingerprint(params, payload_json),
         "_payload_json": payload_json,
     }
