@@ -159,7 +159,8 @@ def run(quick: bool) -> Section:
         }
         bulk_order = list(bulk_methods)
         for r in range(bulk_rounds):
-            for name in bulk_order[r % 3 :] + bulk_order[: r % 3]:
+            shift = r % len(bulk_order)
+            for name in bulk_order[shift:] + bulk_order[:shift]:
                 t0 = time.perf_counter()
                 bulk_methods[name]()
                 bulk[name].append(BULK_BATCH / (time.perf_counter() - t0))

@@ -92,16 +92,18 @@ def _checked_job(job: object) -> Job:
     return job
 
 
-def _whole_checked(jobs: Iterable[Job]) -> Iterable[Job]:
-    """A list's items checked before anything is sent; a generator's are checked as they come."""
+def _checked_jobs(jobs: Iterable[Job]) -> Iterable[Job]:
+    """A list's items checked before anything is sent; a generator's as they are taken (a bad one stops the
+    stream like a row that does not validate)."""
     if isinstance(jobs, Sequence):
         for job in jobs:
             _checked_job(job)
-    return jobs
+        return jobs
+    return map(_checked_job, jobs)
 
 
 class _EnqueueStream:
-    """The ``enqueue`` script calls for a stream of jobs, ``ENQUEUE_BATCH`` jobs per call, built one call at a
+    """The ``enqueue`` script calls for a stream of checked jobs, ``ENQUEUE_BATCH`` jobs per call, built one call at a
     time: the first call is on its way to Redis while the next is built, and when ``jobs`` is lazy (a generator
     building jobs from rows) so is the building of its jobs. If taking a job raises, the jobs before it still go
     out and the stream ends there; ``stopped`` keeps the position and the exception."""
@@ -137,7 +139,7 @@ class _EnqueueStream:
         batch: list[Job] = []
         try:
             for job in self._jobs:
-                batch.append(_checked_job(job))
+                batch.append(job)
                 if len(batch) == ENQUEUE_BATCH:
                     break
         except Exception as exc:  # the caller's iterable failed: what came before it is still enqueued
@@ -311,7 +313,7 @@ class Dispatcher(_JobBuilding):
         """
         if isinstance(jobs, Sequence) and not jobs:
             return []  # nothing to store: Redis is not touched
-        stream = _EnqueueStream(_whole_checked(jobs), self.settings, self._events_to)
+        stream = _EnqueueStream(_checked_jobs(jobs), self.settings, self._events_to)
         try:
             return stream.receipts(self.scripts.run_many("enqueue", stream.calls()))
         except redis.RedisError as exc:  # also an error reply of a script call (raised by receipts)
@@ -391,7 +393,7 @@ class AsyncDispatcher(_JobBuilding):
         """:meth:`Dispatcher.enqueue_many` on asyncio."""
         if isinstance(jobs, Sequence) and not jobs:
             return []  # nothing to store: Redis is not touched
-        stream = _EnqueueStream(_whole_checked(jobs), self.settings, self._events_to)
+        stream = _EnqueueStream(_checked_jobs(jobs), self.settings, self._events_to)
         try:
             return stream.receipts(await self.scripts.run_many("enqueue", stream.calls()))
         except redis.RedisError as exc:  # also an error reply of a script call (raised by receipts)

@@ -11,11 +11,11 @@ script cache, and ``run_many`` sends the script's text, so callers never see ``N
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
@@ -37,6 +37,7 @@ SCRIPT_NAMES = (
 )
 
 ScriptArg = str | int | float
+_T = TypeVar("_T")
 
 # Script calls of a stream (run_many) sent ahead of the replies read: enough to keep Redis busy while the next
 # call is built, few enough that a long stream holds little in memory and resends little after a dropped connection.
@@ -116,10 +117,8 @@ class Scripts:
         """
         script = self._scripts[name]
         full_args = [*self.context.common_args(now_ms), *args]
-        pool = self.client.connection_pool
-        connection: Any = pool.get_connection()  # redis-py's connection methods are untyped
 
-        def call() -> Any:
+        def call(connection: Any) -> Any:
             connection.send_command("EVALSHA", script.sha, 0, *full_args)
             try:
                 return connection.read_response()
@@ -128,15 +127,7 @@ class Scripts:
                 connection.send_command("EVALSHA", script.sha, 0, *full_args)
                 return connection.read_response()
 
-        try:
-            return connection.retry.call_with_retry(call, lambda _error: connection.disconnect())
-        except redis.ResponseError:
-            raise  # an error reply was read: the connection is in step
-        except BaseException:
-            connection.disconnect()  # a reply may be left unread
-            raise
-        finally:
-            pool.release(connection)
+        return self._on_connection(call)
 
     def run_many(self, name: str, calls: Iterable[Sequence[ScriptArg]]) -> list[Any]:
         """Run one script once per argument list, streamed on one connection; the replies in order.
@@ -157,18 +148,16 @@ class Scripts:
         unanswered: deque[list[ScriptArg]] = deque()
         pending = iter(calls)
         failed: list[Exception] = []  # what ``calls`` itself raised: not retried, raised once all is read
-        pool = self.client.connection_pool
-        connection: Any = pool.get_connection()  # redis-py's connection methods are untyped
 
-        def send(args: list[ScriptArg]) -> None:
-            # No health check per send: redis-py's would PING and read one reply, which here is a script's.
-            connection.send_command("EVAL", script.script, 0, *args, check_health=False)
+        def stream(connection: Any) -> list[Any]:
+            def send(args: list[ScriptArg]) -> None:
+                # No health check per send: redis-py's would PING and read one reply, which here is a script's.
+                connection.send_command("EVAL", script.script, 0, *args, check_health=False)
 
-        def read_oldest() -> None:
-            replies.append(_reply(connection.read_response))
-            unanswered.popleft()  # only once answered: a call whose reply was lost is sent again
+            def read_oldest() -> None:
+                replies.append(_reply(connection.read_response))
+                unanswered.popleft()  # only once answered: a call whose reply was lost is sent again
 
-        def stream() -> list[Any]:
             for args in unanswered:  # a retry: the calls not answered yet go again, in order
                 send(args)
             while not failed and (call := _next_call(pending, failed)) is not None:
@@ -181,16 +170,29 @@ class Scripts:
                 read_oldest()
             return replies
 
-        try:
-            result: list[Any] = connection.retry.call_with_retry(stream, lambda _error: connection.disconnect())
-        except BaseException:
-            connection.disconnect()  # replies may be left unread: the connection is out of step
-            raise
-        finally:
-            pool.release(connection)
+        result: list[Any] = self._on_connection(stream)
         if failed:
             raise failed[0]
         return result
+
+    def _on_connection(self, work: Callable[[Any], _T]) -> _T:
+        """``work(connection)`` on a connection from the client's pool, done again per the client's retry policy
+        when the connection drops. A connection whose replies may be left unread is closed, not pooled; one
+        that read an error reply is in step and goes back."""
+        pool = self.client.connection_pool
+        connection: Any = pool.get_connection()  # redis-py's connection methods are untyped
+        try:
+            result: _T = connection.retry.call_with_retry(
+                lambda: work(connection), lambda _error: connection.disconnect()
+            )
+            return result
+        except redis.ResponseError:
+            raise
+        except BaseException:
+            connection.disconnect()
+            raise
+        finally:
+            pool.release(connection)
 
 
 def _next_call(pending: Iterator[Sequence[ScriptArg]], failed: list[Exception]) -> Sequence[ScriptArg] | None:
@@ -231,10 +233,8 @@ class AsyncScripts:
         """:meth:`Scripts.run` on asyncio."""
         script = self._scripts[name]
         full_args = [*self.context.common_args(now_ms), *args]
-        pool = self.client.connection_pool
-        connection: Any = await pool.get_connection()  # type: ignore[no-untyped-call]
 
-        async def call() -> Any:
+        async def call(connection: Any) -> Any:
             await connection.send_command("EVALSHA", script.sha, 0, *full_args)
             try:
                 return await connection.read_response()
@@ -243,15 +243,7 @@ class AsyncScripts:
                 await connection.send_command("EVALSHA", script.sha, 0, *full_args)
                 return await connection.read_response()
 
-        try:
-            return await connection.retry.call_with_retry(call, lambda _error: connection.disconnect())
-        except redis.ResponseError:
-            raise
-        except BaseException:
-            await connection.disconnect()
-            raise
-        finally:
-            await pool.release(connection)
+        return await self._on_connection(call)
 
     async def run_many(self, name: str, calls: Iterable[Sequence[ScriptArg]]) -> list[Any]:
         """:meth:`Scripts.run_many` on asyncio."""
@@ -261,17 +253,15 @@ class AsyncScripts:
         unanswered: deque[list[ScriptArg]] = deque()
         pending: Iterator[Sequence[ScriptArg]] = iter(calls)
         failed: list[Exception] = []
-        pool = self.client.connection_pool
-        connection: Any = await pool.get_connection()  # type: ignore[no-untyped-call]
 
-        async def send(args: list[ScriptArg]) -> None:
-            await connection.send_command("EVAL", script.script, 0, *args, check_health=False)
+        async def stream(connection: Any) -> list[Any]:
+            async def send(args: list[ScriptArg]) -> None:
+                await connection.send_command("EVAL", script.script, 0, *args, check_health=False)
 
-        async def read_oldest() -> None:
-            replies.append(await _async_reply(connection.read_response))
-            unanswered.popleft()
+            async def read_oldest() -> None:
+                replies.append(await _async_reply(connection.read_response))
+                unanswered.popleft()
 
-        async def stream() -> list[Any]:
             for args in unanswered:
                 await send(args)
             while not failed and (call := _next_call(pending, failed)) is not None:
@@ -284,13 +274,24 @@ class AsyncScripts:
                 await read_oldest()
             return replies
 
+        result: list[Any] = await self._on_connection(stream)
+        if failed:
+            raise failed[0]
+        return result
+
+    async def _on_connection(self, work: Callable[[Any], Awaitable[_T]]) -> _T:
+        """:meth:`Scripts._on_connection` on asyncio."""
+        pool = self.client.connection_pool
+        connection: Any = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            result: list[Any] = await connection.retry.call_with_retry(stream, lambda _error: connection.disconnect())
+            result: _T = await connection.retry.call_with_retry(
+                lambda: work(connection), lambda _error: connection.disconnect()
+            )
+            return result
+        except redis.ResponseError:
+            raise
         except BaseException:
             await connection.disconnect()
             raise
         finally:
             await pool.release(connection)
-        if failed:
-            raise failed[0]
-        return result

@@ -99,8 +99,8 @@ local function fill(template, values)
   return table.concat(out, '', 1, template.last)
 end
 
--- The message templates of this queue, one per job kind, shared by every job (see message.py): decoded once
--- per script call.
+-- The message templates of this queue, one per job kind, shared by every job (see message.py): read and
+-- compiled once per script call.
 local function template_key(kind) return P .. ':tpl:v2:' .. QUEUE .. ':' .. kind end
 local TEMPLATES = {}
 local function template(kind)
